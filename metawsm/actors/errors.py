@@ -1,0 +1,63 @@
+"""Errors raised to callers of actors.
+
+The split matters: a :class:`Refusal` is the caller's fault (bad input, a refused
+transition) and travels back to the caller while the actor keeps running; anything else
+raised inside an actor is a bug or an outage, so the actor crashes and its supervisor
+decides what happens next ("let it crash").
+"""
+
+from __future__ import annotations
+
+
+class ActorError(Exception):
+    """Base class for failures of the actor runtime itself."""
+
+
+class ActorUnavailable(ActorError):
+    """The addressed actor is not running right now (dead, restarting, or never started)."""
+
+    def __init__(self, path: str, state: str = "not running") -> None:
+        super().__init__(f"actor {path} is {state}; try again shortly")
+        self.path = path
+        self.state = state
+
+
+class ActorTimeout(ActorError):
+    """The actor did not answer within the caller's time budget."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__(f"actor {path} did not answer within {timeout:g}s")
+        self.path = path
+        self.timeout = timeout
+
+
+class ActorCrashed(ActorError):
+    """The actor crashed while handling this very request; its supervisor restarts it."""
+
+    def __init__(self, path: str, cause: str) -> None:
+        super().__init__(f"actor {path} crashed while handling the request: {cause}")
+        self.path = path
+        self.cause = cause
+
+
+class SupervisorGaveUp(ActorError):
+    """Restart intensity was exceeded; the supervisor stopped its children and fails upward."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by the fault-injection hook to exercise supervision."""
+
+
+class Refusal(Exception):
+    """An expected, caller-caused error: returned to the caller, never crashes the actor.
+
+    ``code`` is the snake_case error code the HTTP layer reports.
+    """
+
+    code: str = "refused"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code

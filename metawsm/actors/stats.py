@@ -1,0 +1,32 @@
+"""Counters one managed actor keeps for inspection; read from any thread without asking it.
+
+Inspection must answer even when an actor is busy or stuck, so it never goes through a
+mailbox: the actor writes plain attributes (atomic under the GIL) and readers copy them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from metawsm.actors.messages import FailureInfo
+
+
+class ActorStats:
+    """Survives restarts: one per child slot, handed to each new incarnation."""
+
+    def __init__(self) -> None:
+        self.state: str = "starting"
+        self.urn: str = ""
+        self.started_at: str | None = None
+        self.restarts: int = 0
+        self.last_failure: FailureInfo | None = None
+        self.processed: int = 0
+        self.mailbox_depth: Callable[[], int] = lambda: 0
+        self.describe: Callable[[], dict[str, Any]] = dict
+        self.children: Callable[[], list[Any]] = list
+
+    def details(self) -> dict[str, Any]:
+        try:
+            return dict(self.describe())
+        except Exception as exc:  # a describe() bug must not break the whole tree
+            return {"describe_error": repr(exc)}

@@ -1,0 +1,366 @@
+"""Supervisor actors with OTP semantics, built on :class:`ManagedActor`.
+
+A supervisor starts its children from :class:`ChildSpec` s, in order, each synchronously
+(the next child starts only after the previous one's ``setup()`` returned), so a later
+child may rely on an earlier one.  When a child exits it applies the restart type and the
+strategy:
+
+* ``permanent`` children are always restarted, ``transient`` ones only after a failure,
+  ``temporary`` ones never (their slot is dropped, as are transient ones that finish);
+* ``one_for_one`` restarts the child alone, ``rest_for_one`` also the children started
+  after it, ``one_for_all`` every child (others are stopped in reverse order first);
+* at most ``max_restarts`` restarts within ``within_seconds``; one more and the supervisor
+  stops its children and fails upward (for the root: the system reports ``failed``);
+* the first restart after a quiet period is immediate; consecutive failures of one child
+  are delayed by ``backoff_initial_ms`` doubling up to ``backoff_max_ms``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, ClassVar, Sequence
+
+import msgspec
+import pykka
+
+from metawsm.actors.errors import Refusal, SupervisorGaveUp
+from metawsm.actors.managed import ActorContext, ManagedActor
+from metawsm.actors.messages import (
+    ChildExited,
+    FailureInfo,
+    RestartChildren,
+    StartChild,
+    StopChild,
+    SweepChildren,
+)
+from metawsm.actors.node import ActorNode
+from metawsm.actors.stats import ActorStats
+from metawsm.clock import now_text
+
+log = logging.getLogger("metawsm.supervision")
+
+SWEEP_SECONDS = 1.0
+START_TIMEOUT_SECONDS = 30.0
+
+
+class RestartType(str, enum.Enum):
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    TEMPORARY = "temporary"
+
+
+class Strategy(str, enum.Enum):
+    ONE_FOR_ONE = "one_for_one"
+    REST_FOR_ONE = "rest_for_one"
+    ONE_FOR_ALL = "one_for_all"
+
+
+class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """How to (re)start one child.  ``factory(ctx)`` must start the actor and return its ref."""
+
+    id: str
+    factory: Any  # Callable[[ActorContext], pykka.ActorRef]
+    name: str = ""
+    kind: str = "actor"
+    restart: RestartType = RestartType.PERMANENT
+    shutdown_timeout: float = 5.0
+
+    @classmethod
+    def of(
+        cls,
+        actor_class: type[ManagedActor],
+        *args: Any,
+        id: str,
+        name: str = "",
+        restart: RestartType = RestartType.PERMANENT,
+        shutdown_timeout: float = 5.0,
+        **kwargs: Any,
+    ) -> "ChildSpec":
+        def factory(ctx: ActorContext) -> pykka.ActorRef[Any]:
+            return actor_class.start(ctx, *args, **kwargs)
+
+        return cls(
+            id=id,
+            factory=factory,
+            name=name or actor_class.__name__,
+            kind=actor_class.kind,
+            restart=restart,
+            shutdown_timeout=shutdown_timeout,
+        )
+
+
+class _Slot:
+    """A child position: survives restarts; the actor inside it is replaced."""
+
+    def __init__(self, spec: ChildSpec, path: str) -> None:
+        self.spec = spec
+        self.path = path
+        self.stats = ActorStats()
+        self.ref: pykka.ActorRef[Any] | None = None
+        self.generation = 0
+        self.state = "stopped"
+        self.consecutive_failures = 0
+        self.last_start = 0.0
+
+
+def node_for(name: str, path: str, kind: str, state: str, stats: ActorStats) -> ActorNode:
+    if state == "running" and stats.state in ("starting", "failed", "stopped"):
+        state = stats.state
+    children = stats.children() if state in ("running", "starting") else []
+    return ActorNode(
+        name=name,
+        path=path,
+        kind=kind,
+        state=state,  # type: ignore[arg-type]
+        urn=stats.urn,
+        started_at=stats.started_at,
+        restarts=stats.restarts,
+        last_failure=stats.last_failure,
+        processed=stats.processed,
+        mailbox=stats.mailbox_depth() if state != "stopped" else 0,
+        details=stats.details(),
+        children=children,
+    )
+
+
+class Supervisor(ManagedActor):
+    kind: ClassVar[str] = "supervisor"
+
+    def __init__(
+        self,
+        ctx: ActorContext,
+        strategy: Strategy = Strategy.ONE_FOR_ONE,
+        children: Sequence[ChildSpec] = (),
+    ) -> None:
+        super().__init__(ctx)
+        self.strategy = Strategy(strategy)
+        self._initial_specs = tuple(children)
+        self._slots: list[_Slot] = []
+        self._lock = threading.Lock()  # guards _slots for cross-thread inspection
+        self._restart_times: deque[float] = deque()
+        self._restart_token = 0
+        settings = ctx.system.supervision
+        self.max_restarts = settings.max_restarts
+        self.within_seconds = float(settings.within_seconds)
+        self.backoff_initial = settings.backoff_initial_ms / 1000.0
+        self.backoff_max = settings.backoff_max_ms / 1000.0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.ctx.stats.children = self.child_nodes
+        for spec in self._initial_specs:
+            slot = self._add_slot(spec)
+            self._start_slot(slot)
+        me = self.actor_ref
+        self.system.scheduler.every(SWEEP_SECONDS, lambda: _tell_alive(me, SweepChildren()))
+
+    def teardown(self) -> None:
+        self._stop_slots(list(self._slots), final_state="stopped")
+
+    def describe(self) -> dict[str, Any]:
+        return {"strategy": self.strategy.value, "children": len(self._slots)}
+
+    def child_nodes(self) -> list[ActorNode]:
+        with self._lock:
+            slots = list(self._slots)
+        return [node_for(s.spec.name or s.spec.id, s.path, s.spec.kind, s.state, s.stats) for s in slots]
+
+    # -- messages -------------------------------------------------------------------------
+
+    def handle(self, message: Any) -> Any:
+        if isinstance(message, ChildExited):
+            self._on_child_exited(message)
+        elif isinstance(message, RestartChildren):
+            if message.token == self._restart_token:
+                self._start_group([s for s in self._slots if s.spec.id in message.child_ids])
+        elif isinstance(message, SweepChildren):
+            self._sweep()
+        elif isinstance(message, StartChild):
+            return self._start_child(message.spec)
+        elif isinstance(message, StopChild):
+            return self._remove_child(message.child_id)
+        else:
+            return super().handle(message)
+        return None
+
+    def _start_child(self, spec: ChildSpec) -> str:
+        if any(s.spec.id == spec.id for s in self._slots):
+            raise Refusal(f"child {spec.id} already exists under {self.path}", code="conflict")
+        slot = self._add_slot(spec)
+        self._start_slot(slot)
+        return slot.path
+
+    def _remove_child(self, child_id: str) -> bool:
+        slot = self._slot(child_id)
+        if slot is None:
+            return False
+        self._stop_slots([slot], final_state="stopped")
+        with self._lock:
+            self._slots.remove(slot)
+        return True
+
+    # -- restart machinery ----------------------------------------------------------------
+
+    def _on_child_exited(self, message: ChildExited) -> None:
+        slot = self._slot(message.child_id)
+        if slot is None or message.generation != slot.generation or slot.state != "running":
+            return  # stale report from an incarnation we already replaced or stopped
+        failure = message.failure
+        slot.ref = None
+        if failure is not None:
+            slot.stats.last_failure = failure
+        restart = slot.spec.restart
+        wanted = restart is RestartType.PERMANENT or (restart is RestartType.TRANSIENT and failure is not None)
+        if not wanted:
+            if failure is not None:
+                log.warning("%s failed and is not restarted (%s): %s", slot.path, restart.value, failure.message)
+            with self._lock:
+                self._slots.remove(slot)
+            self.system.directory.unbind(slot.path, state="stopped")
+            return
+        if failure is None:
+            failure = FailureInfo(type="UnexpectedStop", message="stopped without being asked", at=now_text())
+            slot.stats.last_failure = failure
+        self._restart_after_failure(slot, failure)
+
+    def _restart_after_failure(self, slot: _Slot, failure: FailureInfo) -> None:
+        now = time.monotonic()
+        while self._restart_times and now - self._restart_times[0] > self.within_seconds:
+            self._restart_times.popleft()
+        if len(self._restart_times) >= self.max_restarts:
+            self._give_up(slot, failure)
+            return
+        self._restart_times.append(now)
+
+        if self.strategy is Strategy.ONE_FOR_ONE:
+            group = [slot]
+        elif self.strategy is Strategy.REST_FOR_ONE:
+            group = self._slots[self._slots.index(slot):]
+        else:
+            group = list(self._slots)
+        others = [s for s in group if s is not slot]
+        self._stop_slots(list(reversed(others)), final_state="restarting")
+        for other in others:
+            if other.spec.restart is RestartType.TEMPORARY:
+                with self._lock:
+                    self._slots.remove(other)
+        group = [s for s in group if s in self._slots]
+
+        if now - slot.last_start > self.within_seconds:
+            slot.consecutive_failures = 0
+        slot.consecutive_failures += 1
+        steps = slot.consecutive_failures - 1
+        delay = 0.0 if steps == 0 else min(self.backoff_initial * (2 ** (steps - 1)), self.backoff_max)
+        for member in group:
+            member.state = "restarting"
+            member.stats.restarts += 1
+            self.system.directory.unbind(member.path, state="restarting")
+        log.warning(
+            "actor %s failed (%s: %s); restarting %s in %.0f ms",
+            slot.path, failure.type, failure.message,
+            ", ".join(s.spec.id for s in group), delay * 1000,
+        )
+        self.system.events.actor_restarted(slot.path, failure)
+        self._restart_token += 1
+        if delay <= 0:
+            self._start_group(group)
+        else:
+            ids = tuple(s.spec.id for s in group)
+            token, me = self._restart_token, self.actor_ref
+            self.system.scheduler.call_later(delay, lambda: _tell_alive(me, RestartChildren(ids, token)))
+
+    def _give_up(self, slot: _Slot, failure: FailureInfo) -> None:
+        reason = (
+            f"supervisor {self.path} gave up: more than {self.max_restarts} restarts within "
+            f"{self.within_seconds:g}s; last failure in {slot.path}: {failure.type}: {failure.message}"
+        )
+        log.error("%s", reason)
+        slot.state = "failed"
+        self._stop_slots(list(reversed(self._slots)), final_state="stopped")
+        slot.state = "failed"
+        raise SupervisorGaveUp(reason)
+
+    def _sweep(self) -> None:
+        for slot in list(self._slots):
+            if slot.state == "running" and slot.ref is not None and not slot.ref.is_alive():
+                self._on_child_exited(
+                    ChildExited(
+                        child_id=slot.spec.id,
+                        generation=slot.generation,
+                        failure=FailureInfo(
+                            type="ExitedWithoutReport",
+                            message="actor thread stopped without reporting",
+                            at=now_text(),
+                        ),
+                    )
+                )
+
+    # -- slot helpers ---------------------------------------------------------------------
+
+    def _add_slot(self, spec: ChildSpec) -> _Slot:
+        slot = _Slot(spec, f"{self.path}/{spec.id}")
+        with self._lock:
+            self._slots.append(slot)
+        return slot
+
+    def _slot(self, child_id: str) -> _Slot | None:
+        for slot in self._slots:
+            if slot.spec.id == child_id:
+                return slot
+        return None
+
+    def _start_group(self, group: list[_Slot]) -> None:
+        for slot in group:
+            if slot in self._slots and slot.state != "running":
+                self._start_slot(slot)
+
+    def _start_slot(self, slot: _Slot) -> None:
+        slot.generation += 1
+        slot.last_start = time.monotonic()
+        slot.stats.state = "starting"
+        started = threading.Event()
+        me = self.actor_ref
+        ctx = ActorContext(
+            system=self.system,
+            path=slot.path,
+            child_id=slot.spec.id,
+            generation=slot.generation,
+            stats=slot.stats,
+            started=started,
+            notify_parent=lambda msg: _tell_alive(me, msg),
+        )
+        slot.state = "running"
+        ref = slot.spec.factory(ctx)
+        slot.ref = ref
+        self.system.directory.bind(slot.path, ref)
+        if not started.wait(START_TIMEOUT_SECONDS):
+            log.warning("%s is still starting after %.0fs", slot.path, START_TIMEOUT_SECONDS)
+
+    def _stop_slots(self, slots: list[_Slot], final_state: str) -> None:
+        for slot in slots:
+            ref, slot.ref = slot.ref, None
+            slot.generation += 1  # its exit report is now stale
+            slot.state = final_state
+            self.system.directory.unbind(slot.path, state=final_state)
+            if ref is None or not ref.is_alive():
+                continue
+            try:
+                ref.stop(block=True, timeout=slot.spec.shutdown_timeout)
+            except pykka.Timeout:
+                log.warning("%s did not stop within %.1fs", slot.path, slot.spec.shutdown_timeout)
+            except pykka.ActorDeadError:
+                pass
+
+
+def _tell_alive(ref: pykka.ActorRef[Any], message: Any) -> bool:
+    """Tell ``ref`` if it is alive; return False once it is dead (ends periodic ticks)."""
+    try:
+        ref.tell(message)
+        return True
+    except pykka.ActorDeadError:
+        return False

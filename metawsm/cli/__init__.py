@@ -1,0 +1,1 @@
+"""The ``metawsm`` command line (click)."""

@@ -1,0 +1,1 @@
+"""Transport: how forum messages travel between actors (Redis Streams) and the Redis we may own."""

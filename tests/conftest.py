@@ -1,0 +1,88 @@
+"""Fixtures for tests that need real Redis and tmux (no fakes, no mocks).
+
+* ``redis_server`` — one shared Redis per session (TCP, no persistence); isolate with
+  ``redis_namespace``, the prefix for every key a test creates (removed on teardown).
+* ``private_redis`` — a Redis of the test's own, with an append-only file, to stop, kill,
+  restart or wipe.
+* ``tmux_socket`` — a private tmux server name for ``tmux -L``; killed on teardown.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from metawsm.transport.redis_process import RedisProcess
+from support.processes import (
+    kill_tmux_server,
+    require_executable,
+    short_id,
+    short_tmp_dir,
+    unlink_prefix,
+)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    require_executable("redis-server")
+    server = RedisProcess(tmp_path_factory.mktemp("redis-session"), appendonly=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisProcess) -> str:
+    """URL of the shared session server; pair it with ``redis_namespace`` for isolation."""
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_namespace(redis_server: RedisProcess) -> Iterator[str]:
+    """A unique key/stream prefix (``t<8 hex>``); keys starting with it are unlinked afterwards."""
+    namespace = f"t{short_id()}"
+    yield namespace
+    unlink_prefix(redis_server.url, namespace)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A ``/tmp/mw-xxxx`` directory for unix sockets (which must stay under 107 bytes)."""
+    path = short_tmp_dir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A started Redis on its own free port with appendonly yes; always stopped afterwards."""
+    require_executable("redis-server")
+    server = RedisProcess(tmp_path / "private-redis", appendonly=True)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def tmux_socket() -> Iterator[str]:
+    """A unique ``tmux -L`` socket name (``mwt-<8 hex>``); its server is killed afterwards."""
+    require_executable("tmux")
+    name = f"mwt-{short_id()}"
+    try:
+        yield name
+    finally:
+        kill_tmux_server(name)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "metawsm.db"
