@@ -1,0 +1,221 @@
+"""OutboxRelay: publishes pending ``forum_outbox`` rows to Redis Streams, oldest first.
+
+Woken by ``WorkAvailable`` (push); a one-second sweep catches rows written while it was
+down.  On Redis errors the rows stay pending and the relay retries with exponential
+backoff (100 ms → 10 s), reporting the bus unhealthy meanwhile.  It also runs the
+reconcile pass, which republishes what an emptied Redis may have lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+
+import msgspec
+from typing import Any, ClassVar
+
+from metawsm.actors.forum.bus import consumed_topics, open_bus
+from metawsm.actors.forum.messages import Flush, Reconcile, ReplayParked, WorkAvailable
+from metawsm.actors.managed import ManagedActor
+from metawsm.clock import now_text
+from metawsm.forum import outbox
+from metawsm.forum.errors import ForumError
+from metawsm.forum.messages import encode
+from metawsm.forum.write_model import EVENT_COLUMNS, event_from_row
+from metawsm.store import write_transaction
+from metawsm.transport.streams import BusUnavailable, OutboundEntry, TransportError
+
+log = logging.getLogger("metawsm.forum")
+
+BATCH = 500
+SWEEP_SECONDS = 1.0
+TRIM_EVERY_SECONDS = 30.0
+BACKOFF_INITIAL = 0.1
+BACKOFF_MAX = 10.0
+
+
+class _Sweep(msgspec.Struct, frozen=True):
+    """Safety sweep: publish rows a missed wake-up left behind."""
+
+
+class OutboxRelay(ManagedActor):
+    kind: ClassVar[str] = "relay"
+
+    def setup(self) -> None:
+        services = self.system.services
+        self.services = services
+        self.conn: sqlite3.Connection = services.db.connect()
+        self.bus = open_bus(services, "relay")
+        self.topics = consumed_topics(services)
+        self._flush_queued = False
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._last_trim = time.monotonic()
+        self._last_claim = time.monotonic()
+        self.published_total = 0
+        self.last_published_at: str | None = None
+        me = self.actor_ref
+
+        def sweep() -> bool:
+            try:
+                me.tell(_Sweep())
+                return True
+            except Exception:  # noqa: BLE001 - dead actor ends the ticker
+                return False
+
+        self.system.scheduler.every(SWEEP_SECONDS, sweep)
+        self.tell_self(Flush())
+
+    def teardown(self) -> None:
+        self.bus.close()
+        self.conn.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "published_total": self.published_total,
+            "last_published_at": self.last_published_at,
+            "backoff_ms": round(self._backoff * 1000),
+        }
+
+    def handle(self, message: Any) -> Any:
+        if isinstance(message, WorkAvailable):
+            self._queue_flush()
+        elif isinstance(message, Flush):
+            self._flush_queued = False
+            self._flush()
+        elif isinstance(message, _Sweep):
+            self._flush()
+            self._maybe_trim()
+            self._refresh_claim()
+        elif isinstance(message, Reconcile):
+            return self._reconcile(message.reason)
+        elif isinstance(message, ReplayParked):
+            return self._replay(message.message_id)
+        else:
+            return super().handle(message)
+        return None
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def _queue_flush(self) -> None:
+        if not self._flush_queued:
+            self._flush_queued = True
+            self.tell_self(Flush())
+
+    def _flush(self) -> None:
+        if time.monotonic() < self._retry_at:
+            return
+        while True:
+            rows = outbox.pending(self.conn, BATCH)
+            if not rows:
+                return
+            entries = [OutboundEntry(r.message_id, r.topic, r.message_key, r.payload) for r in rows]
+            try:
+                self.bus.publish(entries)
+            except TransportError as error:
+                self._publish_failed(error, [r.id for r in rows])
+                return
+            with write_transaction(self.conn):
+                outbox.mark_sent(self.conn, [r.id for r in rows], now_text())
+            self._published(len(rows))
+            if len(rows) < BATCH:
+                return
+
+    def _published(self, count: int) -> None:
+        if self._backoff:
+            log.info("redis reachable again; outbox relay resumed publishing")
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self.published_total += count
+        self.last_published_at = now_text()
+        self.services.bus.mark_healthy()
+
+    def _publish_failed(self, error: Exception, row_ids: list[int]) -> None:
+        first = not self._backoff
+        self._backoff = BACKOFF_INITIAL if first else min(self._backoff * 2, BACKOFF_MAX)
+        self._retry_at = time.monotonic() + self._backoff
+        self.services.bus.mark_unhealthy(str(error))
+        if first:
+            log.warning("redis unavailable, outbox rows stay pending: %s", error)
+        with write_transaction(self.conn):
+            outbox.record_failure(self.conn, row_ids[:1], str(error), now_text())
+        me = self.actor_ref
+        self.system.scheduler.call_later(self._backoff, lambda: _safe_tell(me, Flush()))
+
+    def _maybe_trim(self) -> None:
+        if time.monotonic() - self._last_trim < TRIM_EVERY_SECONDS or not self.services.bus.healthy:
+            return
+        self._last_trim = time.monotonic()
+        try:
+            self.bus.trim_acknowledged(self.topics)
+        except TransportError as error:
+            log.debug("stream trim skipped: %s", error)
+
+    def _refresh_claim(self) -> None:
+        claim = self.services.namespace_claim
+        if claim is None or time.monotonic() - self._last_claim < claim.refresh_interval:
+            return
+        self._last_claim = time.monotonic()
+        try:
+            claim.refresh()
+        except TransportError as error:
+            log.debug("namespace claim refresh failed: %s", error)
+
+    # -- reconcile and replay -------------------------------------------------------------
+
+    def _reconcile(self, reason: str) -> dict[str, int]:
+        """Republish commands without a verdict and events some projection has not applied."""
+        now = now_text()
+        topics = self.services.topics
+        with write_transaction(self.conn):
+            commands = outbox.requeue_unfinished_commands(self.conn, topics.command_prefix, now)
+        floor = self.conn.execute(
+            "SELECT COALESCE(MIN(last_sequence), 0) FROM forum_projection_checkpoints"
+        ).fetchone()[0]
+        projections = self.conn.execute("SELECT COUNT(*) FROM forum_projection_checkpoints").fetchone()[0]
+        if projections < 4:
+            floor = 0
+        events = 0
+        last = floor
+        while True:
+            rows = self.conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM forum_events WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                (last, BATCH),
+            ).fetchall()
+            if not rows:
+                break
+            batch = [event_from_row(row) for row in rows]
+            entries = [
+                OutboundEntry(f"fmsg_replay_{e.envelope.event_id}", topics.event(e.envelope.event_type),
+                              e.envelope.thread_id, encode(e))
+                for e in batch
+            ]
+            try:
+                self.bus.publish(entries)
+            except BusUnavailable as error:
+                log.warning("reconcile could not republish events: %s", error)
+                break
+            events += len(entries)
+            last = batch[-1].sequence
+        if commands or events:
+            log.info("reconcile (%s): requeued %d command(s), republished %d event(s)", reason, commands, events)
+        self._queue_flush()
+        return {"commands_requeued": commands, "events_republished": events}
+
+    def _replay(self, message_id: str) -> dict[str, str]:
+        with write_transaction(self.conn):
+            found = outbox.unpark(self.conn, message_id, now_text())
+        if found is None:
+            raise ForumError(f"parked message {message_id} not found", code="not_found", status=404)
+        topic, payload = found
+        self.bus.publish([OutboundEntry(message_id, topic, message_id, payload)])
+        log.info("replayed parked message %s on %s", message_id, topic)
+        return {"message_id": message_id, "topic": topic, "status": "replayed"}
+
+
+def _safe_tell(ref: Any, message: Any) -> None:
+    try:
+        ref.tell(message)
+    except Exception:  # noqa: BLE001 - the relay restarted; its sweep takes over
+        pass

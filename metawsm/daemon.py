@@ -1,0 +1,152 @@
+"""Assembling and running the daemon's actor system (used by ``metawsm serve`` and tests).
+
+Start-up order: validate the policy, open and migrate the database, find a usable Redis
+(the configured one, or a private one per ``forum.redis.embedded``), claim the stream
+namespace, then start the actor tree.  Each step fails fast with one readable message
+(:class:`StartupError`), before any actor runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from metawsm.actors.forum.tree import forum_supervisor_spec
+from metawsm.actors.redis_server import RedisServer
+from metawsm.actors.supervisor import ChildSpec, Strategy, Supervisor
+from metawsm.actors.system import ActorSystem
+from metawsm.policy import Policy, redacted_redis_url
+from metawsm.services import Services
+from metawsm.store import Database, StoreError
+from metawsm.transport.namespace import NamespaceClaim, NamespaceTaken
+from metawsm.transport.redis_process import RedisProcess, RedisStartError, redis_server_available
+from metawsm.transport.streams import TransportError
+
+log = logging.getLogger("metawsm.daemon")
+
+MAX_SOCKET_PATH = 100
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is the one line to show the operator."""
+
+
+@dataclass
+class RedisChoice:
+    url: str
+    process: RedisProcess | None
+
+
+def ping_redis(url: str, timeout: float = 1.0) -> str | None:
+    """Return None if Redis answers at ``url``, else the reason it does not."""
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as error:
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return None
+
+
+def embedded_redis_process(db_path: Path) -> RedisProcess:
+    """A private redis-server with its socket and append-only file under ``<db dir>/redis``."""
+    data_dir = db_path.parent / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    socket_path = data_dir / "redis.sock"
+    if len(os.fsencode(socket_path.absolute())) > MAX_SOCKET_PATH:
+        digest = hashlib.sha1(str(data_dir.absolute()).encode()).hexdigest()[:12]
+        socket_path = Path("/tmp") / f"metawsm-redis-{digest}.sock"
+    return RedisProcess(data_dir=data_dir, unix_socket=socket_path, appendonly=True)
+
+
+def choose_redis(policy: Policy, db_path: Path) -> RedisChoice:
+    settings = policy.forum.redis
+    mode = settings.embedded
+    url = settings.url.strip()
+    if mode != "always":
+        if not url:
+            if mode == "never" or not redis_server_available():
+                raise StartupError("forum redis url is empty")
+        else:
+            reason = ping_redis(url)
+            if reason is None:
+                return RedisChoice(url, None)
+            if mode == "never" or not redis_server_available():
+                raise StartupError(
+                    f"forum redis ping failed: {reason}; start Redis (redis-server --port 6379) "
+                    "or fix forum.redis.url"
+                )
+            log.info("redis at %s did not answer (%s); starting a private redis-server", redacted_redis_url(url), reason)
+    process = embedded_redis_process(db_path)
+    try:
+        process.start()
+    except (RedisStartError, OSError) as error:
+        raise StartupError(f"forum redis ping failed: embedded redis-server did not start: {error}") from error
+    log.info("embedded redis at %s (data in %s)", process.url, process.data_dir)
+    return RedisChoice(process.url, process)
+
+
+class Daemon:
+    """One actor system serving one database."""
+
+    def __init__(self, policy: Policy, db_path: str | Path, *, debug: bool = False) -> None:
+        self.policy = policy
+        self.db_path = Path(db_path).absolute()
+        self.debug = debug
+        self.system: ActorSystem | None = None
+        self.services: Services | None = None
+        self.redis: RedisChoice | None = None
+        self.claim: NamespaceClaim | None = None
+
+    def start(self) -> ActorSystem:
+        db = Database(str(self.db_path))
+        try:
+            db.migrate()
+        except StoreError as error:
+            raise StartupError(str(error)) from error
+        self.redis = choose_redis(self.policy, self.db_path)
+        try:
+            self.claim = NamespaceClaim(self.redis.url, self.policy.forum.redis.stream, self.db_path)
+            self.claim.claim()
+        except NamespaceTaken as error:
+            self._stop_redis()
+            raise StartupError(str(error)) from error
+        except TransportError as error:
+            self._stop_redis()
+            raise StartupError(f"forum redis ping failed: {error}") from error
+        services = Services(db=db, policy=self.policy, redis_url=self.redis.url, debug=self.debug)
+        services.embedded_redis = self.redis.process
+        services.namespace_claim = self.claim
+        self.services = services
+        system = ActorSystem(self.policy.supervision, services)
+        children: list[ChildSpec] = []
+        if self.redis.process is not None:
+            children.append(ChildSpec.of(RedisServer, id="redis", name="RedisServer", shutdown_timeout=10))
+        children.append(forum_supervisor_spec())
+        system.start(ChildSpec.of(Supervisor, id="root", name="RootSupervisor", strategy=Strategy.ONE_FOR_ONE,
+                                  children=children))
+        self.system = system
+        log.info("metawsm started: db %s, redis %s", self.db_path, redacted_redis_url(self.redis.url))
+        return system
+
+    def stop(self) -> None:
+        if self.system is not None:
+            self.system.stop()
+        if self.claim is not None:
+            try:
+                self.claim.release()
+            except TransportError:
+                pass
+            self.claim.close()
+        self._stop_redis()
+
+    def _stop_redis(self) -> None:
+        if self.redis is not None and self.redis.process is not None:
+            self.redis.process.stop()

@@ -1,0 +1,381 @@
+"""Apply forum commands to the authoritative tables (the write model).
+
+Both the intake (a quick check against possibly stale state, so most refusals reach the
+caller synchronously) and the command handler (the authoritative check, inside the write
+transaction) use :func:`check`; only the handler calls :func:`apply_command`.
+
+Every applied command appends exactly one row to ``forum_events`` and enqueues that event
+to the outbox in the caller's transaction.  A command whose verdict is already recorded in
+``forum_command_results`` is a no-op, which makes stream redelivery harmless.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import msgspec
+
+from metawsm.forum import outbox, rules
+from metawsm.forum.errors import ForumError, ThreadConflict, ThreadNotFound, for_command
+from metawsm.forum.messages import (
+    AddPost,
+    AssignThread,
+    ChangeState,
+    CloseThread,
+    CommandMessage,
+    ControlSignal,
+    ControlSignalled,
+    Envelope,
+    EventMessage,
+    OpenThread,
+    PostAdded,
+    PriorityChanged,
+    SetPriority,
+    StateChanged,
+    ThreadAssigned,
+    ThreadClosed,
+    ThreadOpened,
+    encode,
+)
+from metawsm.forum.topics import Topics
+from metawsm.store.schema_forum import next_event_sequence
+
+
+class Thread(msgspec.Struct, frozen=True):
+    """The write-model row the rules need."""
+
+    thread_id: str
+    ticket: str
+    run_id: str
+    agent_name: str
+    state: str
+    priority: str
+    content_hash: str
+    is_control: bool
+
+
+class CommandOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """The handler's verdict on one command, as told to the caller waiting for it."""
+
+    event_id: str
+    command: str
+    thread_id: str
+    status: str  # applied | unchanged | rejected
+    sequence: int | None = None
+    error_code: str = ""
+    error_message: str = ""
+    error_status: int = 0
+
+
+def load_thread(conn: sqlite3.Connection, thread_id: str) -> Thread | None:
+    row = conn.execute(
+        "SELECT thread_id, ticket, run_id, agent_name, state, priority, content_hash, is_control"
+        " FROM forum_threads WHERE thread_id = ?",
+        (thread_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Thread(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
+
+
+def control_thread_id(conn: sqlite3.Connection, run_id: str, agent_name: str) -> str | None:
+    row = conn.execute(
+        "SELECT thread_id FROM forum_control_threads WHERE run_id = ? AND agent_name = ?", (run_id, agent_name)
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def open_content_hash(envelope: Envelope, command: OpenThread) -> str:
+    return rules.content_hash(
+        {
+            "ticket": envelope.ticket,
+            "run_id": envelope.run_id,
+            "agent_name": envelope.agent_name,
+            "title": command.title,
+            "body": command.body,
+            "priority": command.priority,
+            "actor_type": envelope.actor_type,
+            "actor_name": envelope.actor_name,
+        }
+    )
+
+
+def check(conn: sqlite3.Connection, message: CommandMessage) -> Thread | None:
+    """Refuse the command if current state forbids it; return the thread it targets.
+
+    For ``open_thread`` returns the existing thread when the same id was opened with the
+    same content (an idempotent retry), and None for a new thread.
+    """
+    envelope, command = message.envelope, message.command
+    if isinstance(command, ControlSignal):
+        return None
+    thread = load_thread(conn, envelope.thread_id)
+    if isinstance(command, OpenThread):
+        if thread is not None and thread.content_hash != open_content_hash(envelope, command):
+            raise ThreadConflict(f"forum thread {thread.thread_id} already exists with different content")
+        return thread
+    if thread is None:
+        raise ThreadNotFound(envelope.thread_id)
+    if isinstance(command, ChangeState):
+        rules.check_transition(thread.state, command.to_state)
+    elif isinstance(command, CloseThread):
+        pass  # closing a closed thread is an accepted no-op
+    elif thread.state == "closed":
+        raise rules.closed_error(thread.thread_id)
+    return thread
+
+
+def apply_command(
+    conn: sqlite3.Connection, message: CommandMessage, topics: Topics, now: str
+) -> tuple[CommandOutcome, EventMessage | None]:
+    """Apply one command inside the caller's write transaction."""
+    envelope = message.envelope
+    name = message.name
+    decided = _recorded_outcome(conn, envelope.event_id)
+    if decided is not None:
+        return decided, None
+    try:
+        thread = check(conn, message)
+        if thread is not None and not isinstance(message.command, OpenThread):
+            # Commands addressed to a thread carry its context, whatever the caller sent.
+            stamped = msgspec.structs.replace(
+                envelope, ticket=thread.ticket, run_id=thread.run_id, agent_name=thread.agent_name
+            )
+            message = msgspec.structs.replace(message, envelope=stamped)
+        produced = _produce(conn, message, thread)
+    except ForumError as refusal:
+        error = for_command(refusal, name)
+        outcome = CommandOutcome(
+            event_id=envelope.event_id,
+            command=name,
+            thread_id=envelope.thread_id,
+            status="rejected",
+            error_code=error.code,
+            error_message=error.message,
+            error_status=error.status,
+        )
+        _record(conn, outcome, now)
+        return outcome, None
+    if produced is None:
+        outcome = CommandOutcome(
+            event_id=envelope.event_id, command=name, thread_id=envelope.thread_id, status="unchanged"
+        )
+        _record(conn, outcome, now)
+        return outcome, None
+    event_envelope, payload = produced
+    sequence = next_event_sequence(conn)
+    event = EventMessage(sequence=sequence, envelope=event_envelope, payload=payload)
+    _append_event(conn, event)
+    conn.execute(
+        "UPDATE forum_threads SET version = ?, updated_at = ? WHERE thread_id = ?",
+        (sequence, event_envelope.occurred_at, event_envelope.thread_id),
+    )
+    outbox.enqueue(conn, topics.event(event_envelope.event_type), event_envelope.thread_id, encode(event), now)
+    if isinstance(payload, StateChanged) and payload.to_state == "answered":
+        integration = {"thread_id": event_envelope.thread_id, "ticket": event_envelope.ticket,
+                       "run_id": event_envelope.run_id, "event_id": event_envelope.event_id}
+        outbox.enqueue(conn, topics.integration("docs_sync_requested"), event_envelope.thread_id,
+                       encode(integration), now)
+    outcome = CommandOutcome(
+        event_id=envelope.event_id,
+        command=name,
+        thread_id=event_envelope.thread_id,
+        status="applied",
+        sequence=sequence,
+    )
+    _record(conn, outcome, now)
+    return outcome, event
+
+
+# -- per-command effects ------------------------------------------------------------------------
+
+
+def _produce(
+    conn: sqlite3.Connection, message: CommandMessage, thread: Thread | None
+) -> tuple[Envelope, Any] | None:
+    envelope, command = message.envelope, message.command
+    at = envelope.occurred_at
+    if isinstance(command, OpenThread):
+        if thread is not None:
+            return None  # same id, same content: the retry changes nothing
+        conn.execute(
+            "INSERT INTO forum_threads (thread_id, ticket, run_id, agent_name, title, state, priority,"
+            " opened_by_type, opened_by_name, is_control, content_hash, version, opened_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, 'new', ?, ?, ?, 0, ?, 0, ?, ?)",
+            (envelope.thread_id, envelope.ticket, envelope.run_id, envelope.agent_name, command.title,
+             command.priority, envelope.actor_type, envelope.actor_name,
+             open_content_hash(envelope, command), at, at),
+        )
+        _insert_post(conn, command.post_id, envelope, command.body)
+        return envelope, ThreadOpened(
+            title=command.title, body=command.body, priority=command.priority, state="new", post_id=command.post_id
+        )
+    if isinstance(command, ControlSignal):
+        return _control_signal(conn, envelope, command)
+    assert thread is not None
+    if isinstance(command, AddPost):
+        _insert_post(conn, command.post_id, envelope, command.body)
+        return envelope, PostAdded(post_id=command.post_id, body=command.body)
+    if isinstance(command, AssignThread):
+        conn.execute(
+            "INSERT INTO forum_assignments (thread_id, event_id, assignee_type, assignee_name, assignment_note,"
+            " assigned_by_type, assigned_by_name, assigned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (thread.thread_id, envelope.event_id, command.assignee_type, command.assignee_name,
+             command.assignment_note, envelope.actor_type, envelope.actor_name, at),
+        )
+        conn.execute(
+            "UPDATE forum_threads SET assignee_type = ?, assignee_name = ? WHERE thread_id = ?",
+            (command.assignee_type, command.assignee_name, thread.thread_id),
+        )
+        return envelope, ThreadAssigned(
+            assignee_type=command.assignee_type,
+            assignee_name=command.assignee_name,
+            assignment_note=command.assignment_note,
+        )
+    if isinstance(command, ChangeState):
+        if command.to_state == thread.state:
+            return None
+        if command.to_state == "closed":
+            return _close(conn, envelope, thread)
+        _transition(conn, envelope, thread, command.to_state)
+        return envelope, StateChanged(from_state=thread.state, to_state=command.to_state, priority=thread.priority)
+    if isinstance(command, SetPriority):
+        if command.priority == thread.priority:
+            return None
+        conn.execute("UPDATE forum_threads SET priority = ? WHERE thread_id = ?", (command.priority, thread.thread_id))
+        return envelope, PriorityChanged(from_priority=thread.priority, to_priority=command.priority, state=thread.state)
+    if isinstance(command, CloseThread):
+        if thread.state == "closed":
+            return None
+        return _close(conn, envelope, thread)
+    raise TypeError(f"unknown forum command {type(command).__name__}")
+
+
+def _close(conn: sqlite3.Connection, envelope: Envelope, thread: Thread) -> tuple[Envelope, ThreadClosed]:
+    _transition(conn, envelope, thread, "closed")
+    conn.execute("UPDATE forum_threads SET closed_at = ? WHERE thread_id = ?", (envelope.occurred_at, thread.thread_id))
+    closed = msgspec.structs.replace(envelope, event_type="forum.thread.closed")
+    return closed, ThreadClosed(from_state=thread.state, priority=thread.priority)
+
+
+def _transition(conn: sqlite3.Connection, envelope: Envelope, thread: Thread, to_state: str) -> None:
+    conn.execute(
+        "INSERT INTO forum_state_transitions (thread_id, event_id, from_state, to_state, actor_type, actor_name,"
+        " changed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (thread.thread_id, envelope.event_id, thread.state, to_state, envelope.actor_type, envelope.actor_name,
+         envelope.occurred_at),
+    )
+    conn.execute("UPDATE forum_threads SET state = ? WHERE thread_id = ?", (to_state, thread.thread_id))
+
+
+def _control_signal(
+    conn: sqlite3.Connection, envelope: Envelope, command: ControlSignal
+) -> tuple[Envelope, ControlSignalled]:
+    run_id, agent_name = envelope.run_id, envelope.agent_name
+    existing = control_thread_id(conn, run_id, agent_name)
+    title = rules.control_thread_title(agent_name)
+    opens = existing is None
+    if opens:
+        thread_id = envelope.thread_id
+        conn.execute(
+            "INSERT INTO forum_threads (thread_id, ticket, run_id, agent_name, title, state, priority,"
+            " opened_by_type, opened_by_name, is_control, content_hash, version, opened_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, 'new', 'normal', ?, ?, 1, '', 0, ?, ?)",
+            (thread_id, envelope.ticket, run_id, agent_name, title, envelope.actor_type, envelope.actor_name,
+             envelope.occurred_at, envelope.occurred_at),
+        )
+        conn.execute(
+            "INSERT INTO forum_control_threads (run_id, agent_name, thread_id, ticket, created_at) VALUES (?, ?, ?, ?, ?)",
+            (run_id, agent_name, thread_id, envelope.ticket, envelope.occurred_at),
+        )
+    else:
+        thread_id = existing  # a concurrent first signal created it meanwhile
+        envelope = msgspec.structs.replace(envelope, thread_id=thread_id)
+    body = encode(command.payload).decode()
+    _insert_post(conn, command.post_id, envelope, body)
+    return envelope, ControlSignalled(
+        control_type=command.control_type,
+        payload=command.payload,
+        post_id=command.post_id,
+        body=body,
+        opens_thread=opens,
+        title=title if opens else "",
+    )
+
+
+def _insert_post(conn: sqlite3.Connection, post_id: str, envelope: Envelope, body: str) -> None:
+    conn.execute(
+        "INSERT INTO forum_posts (post_id, thread_id, event_id, author_type, author_name, body, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (post_id, envelope.thread_id, envelope.event_id, envelope.actor_type, envelope.actor_name, body,
+         envelope.occurred_at),
+    )
+
+
+def _append_event(conn: sqlite3.Connection, event: EventMessage) -> None:
+    e = event.envelope
+    conn.execute(
+        "INSERT INTO forum_events (sequence, event_id, event_type, event_version, occurred_at, thread_id, run_id,"
+        " ticket, agent_name, actor_type, actor_name, correlation_id, causation_id, payload_json)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (event.sequence, e.event_id, e.event_type, e.event_version, e.occurred_at, e.thread_id, e.run_id, e.ticket,
+         e.agent_name, e.actor_type, e.actor_name, e.correlation_id or e.event_id, e.causation_id,
+         encode(event.payload).decode()),
+    )
+
+
+def _recorded_outcome(conn: sqlite3.Connection, event_id: str) -> CommandOutcome | None:
+    row = conn.execute(
+        "SELECT command_type, thread_id, status, sequence, error_code, error_message FROM forum_command_results"
+        " WHERE event_id = ?",
+        (event_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    status = row[2]
+    return CommandOutcome(
+        event_id=event_id,
+        command=row[0],
+        thread_id=row[1] or "",
+        status=status,
+        sequence=row[3],
+        error_code=row[4] or "",
+        error_message=row[5] or "",
+        error_status=_status_for_code(row[4] or "") if status == "rejected" else 0,
+    )
+
+
+def _status_for_code(code: str) -> int:
+    return {"forum_thread_not_found": 404, "conflict": 409}.get(code, 400)
+
+
+def _record(conn: sqlite3.Connection, outcome: CommandOutcome, now: str) -> None:
+    conn.execute(
+        "INSERT INTO forum_command_results (event_id, command_type, thread_id, status, error_code, error_message,"
+        " sequence, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (outcome.event_id, outcome.command, outcome.thread_id, outcome.status, outcome.error_code,
+         outcome.error_message, outcome.sequence, now),
+    )
+
+
+def event_from_row(row: sqlite3.Row | tuple[Any, ...]) -> EventMessage:
+    """Rebuild an EventMessage from a ``forum_events`` row (sequence, event_id, ..., payload_json)."""
+    from metawsm.forum.messages import decode_event_body
+
+    (sequence, event_id, event_type, event_version, occurred_at, thread_id, run_id, ticket, agent_name,
+     actor_type, actor_name, correlation_id, causation_id, payload_json) = tuple(row)
+    envelope = Envelope(
+        event_id=event_id, event_type=event_type, event_version=event_version, occurred_at=occurred_at,
+        thread_id=thread_id or "", run_id=run_id or "", ticket=ticket or "", agent_name=agent_name or "",
+        actor_type=actor_type, actor_name=actor_name or "", correlation_id=correlation_id or "",
+        causation_id=causation_id or "",
+    )
+    # payload_json is the tagged union encoding, so it decodes straight back.
+    return EventMessage(sequence=sequence, envelope=envelope, payload=decode_event_body(payload_json))
+
+
+EVENT_COLUMNS = (
+    "sequence, event_id, event_type, event_version, occurred_at, thread_id, run_id, ticket, agent_name,"
+    " actor_type, actor_name, correlation_id, causation_id, payload_json"
+)
