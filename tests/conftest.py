@@ -86,3 +86,30 @@ def tmux_socket() -> Iterator[str]:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "metawsm.db"
+
+
+# -- the daemon -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def forum_daemon(redis_url: str, redis_namespace: str, tmp_path: Path) -> Iterator["InProcessDaemon"]:
+    """The whole actor system in this process, on the session Redis, with its own namespace."""
+    from support.daemon import InProcessDaemon, make_policy
+
+    daemon = InProcessDaemon(make_policy(redis_url, redis_namespace), tmp_path / "metawsm.db")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def serve_process(redis_url: str, redis_namespace: str, tmp_path: Path) -> Iterator["ServeProcess"]:
+    """A started `metawsm serve --debug` subprocess on a free port (session Redis, own namespace)."""
+    from support.daemon import ServeProcess, policy_data
+
+    server = ServeProcess(tmp_path / "serve", policy_data(redis_url, redis_namespace))
+    try:
+        yield server.start()
+    finally:
+        server.stop()

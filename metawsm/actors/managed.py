@@ -110,6 +110,7 @@ class ManagedActor(pykka.ThreadingActor):
         stats.mailbox_depth = self._mailbox_depth
         stats.describe = self.describe
         stats.state = "starting"
+        stats.thread = threading.current_thread()
         try:
             self.setup()
         except BaseException as exc:  # noqa: BLE001 - every start failure must reach the parent
@@ -179,15 +180,16 @@ class ManagedActor(pykka.ThreadingActor):
         log.debug("%s crashed during %s", self.path, phase, exc_info=exc)
         self.system.directory.unbind(self.path, self.actor_ref, state="restarting")
         pykka.ActorRegistry.unregister(self.actor_ref)
-        # Report before marking stopped: the supervisor's safety sweep must never see a dead
-        # child before the report of its death is queued.
-        self._report_exit(failure)
         self.actor_stopped.set()
         try:
             self.teardown()
         except BaseException:  # noqa: BLE001 - best effort after a crash
             log.debug("%s teardown after crash failed", self.path, exc_info=True)
         self._drain_mailbox()
+        # Report last, as a clean stop does: the parent must not start a replacement while
+        # this incarnation (for a supervisor: its children) is still tearing down.  The
+        # safety sweep waits for this thread to end, so it never races this report.
+        self._report_exit(failure)
 
     def _report_exit(self, failure: FailureInfo | None) -> None:
         if self._exit_reported:

@@ -6,6 +6,7 @@ mailbox: the actor writes plain attributes (atomic under the GIL) and readers co
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable
 
 from metawsm.actors.messages import FailureInfo
@@ -24,6 +25,8 @@ class ActorStats:
         self.mailbox_depth: Callable[[], int] = lambda: 0
         self.describe: Callable[[], dict[str, Any]] = dict
         self.children: Callable[[], list[Any]] = list
+        # Thread of the current incarnation: while it lives, an exit report may still come.
+        self.thread: threading.Thread | None = None
 
     def details(self) -> dict[str, Any]:
         try:

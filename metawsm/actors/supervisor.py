@@ -105,6 +105,7 @@ class _Slot:
         self.state = "stopped"
         self.consecutive_failures = 0
         self.last_start = 0.0
+        self.restart_token = 0  # the pending delayed restart that may start this slot
 
 
 def node_for(name: str, path: str, kind: str, state: str, stats: ActorStats) -> ActorNode:
@@ -160,7 +161,8 @@ class Supervisor(ManagedActor):
         self.system.scheduler.every(SWEEP_SECONDS, lambda: _tell_alive(me, SweepChildren()))
 
     def teardown(self) -> None:
-        self._stop_slots(list(self._slots), final_state="stopped")
+        # reverse start order: a child may rely on those started before it until it is gone
+        self._stop_slots(list(reversed(self._slots)), final_state="stopped")
 
     def describe(self) -> dict[str, Any]:
         return {"strategy": self.strategy.value, "children": len(self._slots)}
@@ -176,8 +178,9 @@ class Supervisor(ManagedActor):
         if isinstance(message, ChildExited):
             self._on_child_exited(message)
         elif isinstance(message, RestartChildren):
-            if message.token == self._restart_token:
-                self._start_group([s for s in self._slots if s.spec.id in message.child_ids])
+            self._start_group(
+                [s for s in self._slots if s.spec.id in message.child_ids and s.restart_token == message.token]
+            )
         elif isinstance(message, SweepChildren):
             self._sweep()
         elif isinstance(message, StartChild):
@@ -255,7 +258,8 @@ class Supervisor(ManagedActor):
             slot.consecutive_failures = 0
         slot.consecutive_failures += 1
         steps = slot.consecutive_failures - 1
-        delay = 0.0 if steps == 0 else min(self.backoff_initial * (2 ** (steps - 1)), self.backoff_max)
+        # cap the exponent: after ~1000 straight failures 2**n no longer converts to a float
+        delay = 0.0 if steps == 0 else min(self.backoff_initial * (2.0 ** min(steps - 1, 64)), self.backoff_max)
         for member in group:
             member.state = "restarting"
             member.stats.restarts += 1
@@ -267,6 +271,8 @@ class Supervisor(ManagedActor):
         )
         self.system.events.actor_restarted(slot.path, failure)
         self._restart_token += 1
+        for member in group:
+            member.restart_token = self._restart_token  # supersedes an older pending restart
         if delay <= 0:
             self._start_group(group)
         else:
@@ -288,7 +294,12 @@ class Supervisor(ManagedActor):
     def _sweep(self) -> None:
         for slot in list(self._slots):
             if slot.state == "running" and slot.ref is not None and not slot.ref.is_alive():
-                self._on_child_exited(
+                thread = slot.stats.thread
+                if thread is not None and thread.is_alive():
+                    continue  # still in teardown; its own exit report is on the way
+                # Queue behind any report the dead thread sent before it ended; a real report
+                # is handled first and makes this one stale.
+                self.tell_self(
                     ChildExited(
                         child_id=slot.spec.id,
                         generation=slot.generation,

@@ -1,0 +1,1 @@
+"""The HTTP facade (aiohttp): JSON API, WebSocket stream, health, debug, OpenAPI, metrics."""

@@ -1,0 +1,76 @@
+"""Building the aiohttp application: routes, error middleware, OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aiohttp import web
+
+from metawsm.actors.errors import ActorError
+from metawsm.api import forum_routes, runs_routes, stream, system_routes
+from metawsm.api.codec import MAX_BODY_BYTES
+from metawsm.api.context import CONTEXT, ApiContext
+from metawsm.api.errors import ApiError, error_response
+from metawsm.api.openapi import build_openapi
+from metawsm.api.registry import RouteTable
+from metawsm.api.system_routes import OPENAPI
+from metawsm.forum.errors import ForumError
+
+log = logging.getLogger("metawsm.api")
+
+
+def route_table() -> RouteTable:
+    table = RouteTable()
+    table.extend(system_routes.routes())
+    table.extend(forum_routes.routes())
+    table.extend(stream.routes())
+    table.extend(runs_routes.routes())
+    return table
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    metrics = request.app[CONTEXT].metrics
+    try:
+        return await handler(request)
+    except ApiError as error:
+        metrics.observe_error(error.status)
+        return error_response(error.status, error.code, error.message)
+    except ForumError as error:
+        metrics.observe_error(error.status)
+        return error_response(error.status, error.code, error.message)
+    except ActorError as error:
+        metrics.observe_error(503)
+        return error_response(503, "unavailable", str(error))
+    except web.HTTPRequestEntityTooLarge:
+        metrics.observe_error(413)
+        return error_response(413, "payload_too_large", f"request body is larger than {MAX_BODY_BYTES} bytes")
+    except web.HTTPMethodNotAllowed as error:
+        metrics.observe_error(405)
+        allowed = ", ".join(sorted(error.allowed_methods))
+        response = error_response(405, "method_not_allowed", f"{request.method} is not allowed here; use {allowed}")
+        response.headers["Allow"] = ",".join(sorted(error.allowed_methods))
+        return response
+    except web.HTTPNotFound:
+        metrics.observe_error(404)
+        return error_response(404, "not_found", f"no route for {request.method} {request.path}")
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        metrics.observe_error(error.status)
+        return error_response(error.status, error.reason.lower().replace(" ", "_"), error.text or error.reason)
+    except Exception:  # noqa: BLE001 - a bug: log it with an id the client can quote
+        request_id = uuid.uuid4().hex[:12]
+        log.exception("internal error handling %s %s (request %s)", request.method, request.path, request_id)
+        metrics.observe_error(500)
+        return error_response(500, "internal_error", f"internal error (request id {request_id}); see the daemon log")
+
+
+def build_app(ctx: ApiContext) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_middleware])
+    app[CONTEXT] = ctx
+    table = route_table()
+    table.install(app)
+    app[OPENAPI] = build_openapi(table)
+    return app

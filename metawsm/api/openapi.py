@@ -1,0 +1,114 @@
+"""The OpenAPI 3.1 document, generated from the route table and the msgspec types."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from metawsm import __version__
+from metawsm.api.registry import RouteTable
+
+REF = "#/components/schemas/{name}"
+_PATH_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+
+
+def build_openapi(table: RouteTable) -> bytes:
+    types: list[Any] = []
+    for route in table.routes:
+        for kind in (route.body, route.query, *route.responses.values()):
+            if isinstance(kind, type) and kind not in types:
+                types.append(kind)
+    schemas, components = msgspec.json.schema_components(types, ref_template=REF)
+    schema_of = dict(zip(types, schemas))
+    paths: dict[str, dict[str, Any]] = {}
+    for route in table.routes:
+        path = _PATH_PARAM.sub(lambda m: "{" + m.group(1) + "}", route.path)
+        operation: dict[str, Any] = {
+            "summary": route.summary,
+            "tags": [route.tag],
+            "operationId": route.operation_id or _operation_id(route.method, path),
+            "responses": {},
+        }
+        if route.description:
+            operation["description"] = route.description
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+            for name in _PATH_PARAM.findall(route.path)
+        ]
+        if route.query is not None:
+            parameters.extend(_query_parameters(route.query, components))
+        if parameters:
+            operation["parameters"] = parameters
+        if route.body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": schema_of[route.body]}},
+            }
+        for status, kind in sorted(route.responses.items()):
+            operation["responses"][str(status)] = _response(status, kind, schema_of)
+        if route.path.startswith("/api/") and "400" not in operation["responses"] and (route.query or route.body):
+            operation["responses"]["400"] = _response(400, None, schema_of)
+        paths.setdefault(path, {})[route.method.lower()] = operation
+    document = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "metawsm daemon API",
+            "version": __version__,
+            "description": (
+                "Forum, runs and actor inspection of `metawsm serve`. Errors are "
+                '`{"error": {"code", "message"}}`; writes answer 200 with the projected thread, or 202 '
+                "when the command is durable but not yet applied."
+            ),
+        },
+        "servers": [{"url": "http://127.0.0.1:3001"}],
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+    return msgspec.json.encode(document)
+
+
+def _response(status: int, kind: Any, schema_of: dict[Any, Any]) -> dict[str, Any]:
+    descriptions = {101: "Switching to the WebSocket protocol", 200: "OK", 202: "Accepted: durable, applies later",
+                    400: "Bad request", 404: "Not found", 409: "Conflict", 413: "Body too large",
+                    503: "Unavailable"}
+    entry: dict[str, Any] = {"description": descriptions.get(status, "Response")}
+    if isinstance(kind, type):
+        entry["content"] = {"application/json": {"schema": schema_of[kind]}}
+    elif kind in ("text/plain", "text/html", "application/json"):
+        entry["content"] = {kind: {"schema": {"type": "string"} if kind != "application/json" else {"type": "object"}}}
+    elif kind is None and status >= 400:
+        entry["content"] = {"application/json": {"schema": {"$ref": REF.format(name="ErrorResponse")}}}
+    return entry
+
+
+def _query_parameters(kind: type, components: dict[str, Any]) -> list[dict[str, Any]]:
+    (schema,), extra = msgspec.json.schema_components([kind], ref_template=REF)
+    components.update(extra)
+    resolved = components.get(kind.__name__, schema)
+    required = set(resolved.get("required", ()))
+    parameters = []
+    for name, prop in resolved.get("properties", {}).items():
+        prop = _strip_null(prop)
+        parameters.append({"name": name, "in": "query", "required": name in required, "schema": prop})
+    return parameters
+
+
+def _strip_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """Query parameters are absent rather than null: drop the null branch of optionals."""
+    options = schema.get("anyOf")
+    if options:
+        kept = [option for option in options if option.get("type") != "null"]
+        if len(kept) == 1:
+            merged = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+            merged.update(kept[0])
+            if "default" in schema and schema["default"] is not None:
+                merged["default"] = schema["default"]
+            return merged
+    return {k: v for k, v in schema.items() if not (k == "default" and v is None)}
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", path.replace("/api/v1/", "")) if w]
+    return method.lower() + "".join(w.capitalize() for w in words) or "index"

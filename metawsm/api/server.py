@@ -1,0 +1,105 @@
+"""Running the daemon: actor system plus aiohttp on one asyncio loop, until a signal or a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from metawsm.actors.forum.bus import consumed_topics, open_bus
+from metawsm.api.app import build_app
+from metawsm.api.context import ApiContext
+from metawsm.api.metrics import Metrics
+from metawsm.api.stream import StreamHub
+from metawsm.daemon import Daemon
+from metawsm.forum.service import ForumService
+
+log = logging.getLogger("metawsm.serve")
+
+ROOT_FAILED_EXIT = 3
+DRAIN_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Address":
+        """``HOST:PORT``; an empty host (``:3001``) means loopback, not every interface."""
+        host, sep, port = text.strip().rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f'invalid --addr "{text}": expected HOST:PORT, e.g. 127.0.0.1:3001')
+        host = host.strip("[]") or "127.0.0.1"
+        return cls(host, int(port))
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+async def serve_forever(daemon: Daemon, address: Address, fault_injection: bool) -> int:
+    """Serve until SIGINT/SIGTERM (exit 0) or until the root supervisor gives up (non-zero)."""
+    system, services = daemon.system, daemon.services
+    assert system is not None and services is not None
+    loop = asyncio.get_running_loop()
+    forum = ForumService(system, services)
+    hub = StreamHub(forum, loop, float(services.policy.forum.heartbeat_seconds))
+    debug_bus = open_bus(services, "api")
+    topics = consumed_topics(services)
+    ctx = ApiContext(system=system, services=services, forum=forum, metrics=Metrics(), hub=hub,
+                     fault_injection=fault_injection)
+    ctx.extra["describe_topics"] = debug_bus.describe_topics
+    ctx.extra["stream_pending"] = lambda: debug_bus.pending_count(topics)
+    await hub.start()
+    services.sinks.add(hub)
+    app = build_app(ctx)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        services.sinks.remove(hub)
+        forum.close()
+        debug_bus.close()
+        raise StartupFailed(f"cannot listen on {address.host}:{address.port}: {error.strerror or error}") from error
+    log.info("serving the API on %s (fault injection %s)", address.url, "on" if fault_injection else "off")
+
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    failed = loop.run_in_executor(None, system.failed.wait)
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({stopper, failed}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if failed in done:
+        reason = system.failure.message if system.failure else "unknown"
+        log.error("the root supervisor gave up (%s); health reports failed, exiting", reason)
+        exit_code = ROOT_FAILED_EXIT
+        await asyncio.sleep(DRAIN_SECONDS)  # let health pollers see "failed" before we go
+    else:
+        log.info("stopping: draining actors and closing connections")
+        system.failed.set()  # releases the executor thread waiting on it
+        system.failure = None
+    stopper.cancel()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(signum)
+    await hub.stop()
+    services.sinks.remove(hub)
+    await runner.cleanup()
+    await loop.run_in_executor(None, daemon.stop)
+    forum.close()
+    debug_bus.close()
+    log.info("stopped")
+    return exit_code
+
+
+class StartupFailed(Exception):
+    pass

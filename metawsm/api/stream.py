@@ -1,0 +1,305 @@
+"""The live forum stream: ``GET /api/v1/forum/stream`` (WebSocket).
+
+:class:`StreamHub` is an event sink on the event loop.  The ``thread_views`` projection's
+commits reach it (through the EventBroker) in sequence order; the hub encodes each event
+once and offers it to every client.  It keeps a high-water mark of what it dispatched and
+fills any hole from SQLite, so a dropped notification can never become a gap.
+
+A client first gets every matching event after its cursor from SQLite (catch-up, up to the
+hub's high-water mark at the moment it registered), then the live events buffered since —
+those at or below the catch-up end are skipped — so there is no gap and no duplicate.
+Each client has a bounded frame queue and its own sender task: a client that falls more
+than ``MAX_FRAMES_BEHIND`` frames behind is closed with 1013 and nobody else waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+import msgspec
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from metawsm.api.codec import parse_query
+from metawsm.api.context import context
+from metawsm.api.errors import ApiError, ErrorResponse
+from metawsm.api.registry import Route
+from metawsm.api.schemas import StreamQuery
+from metawsm.clock import now_text
+from metawsm.forum.messages import EventMessage
+from metawsm.forum.views import EventView
+
+log = logging.getLogger("metawsm.api")
+
+MAX_FRAMES_BEHIND = 1000
+FILL_CHECK_SECONDS = 1.0
+PROTOCOL_PING_SECONDS = 20.0
+_encoder = msgspec.json.Encoder()
+
+
+class _Encoded(msgspec.Struct, frozen=True, array_like=True):
+    sequence: int
+    ticket: str
+    run_id: str
+    data: bytes
+
+
+def _encode_view(view: EventView) -> _Encoded:
+    env = view.envelope
+    return _Encoded(view.sequence, env.ticket, env.run_id, _encoder.encode(view))
+
+
+def _events_frame(events: list[bytes], next_cursor: int) -> bytes:
+    return b"".join(
+        (b'{"type":"forum.events","events":[', b",".join(events), b'],"next_cursor":',
+         str(next_cursor).encode(), b',"sent_at":"', now_text().encode(), b'"}')
+    )
+
+
+def _heartbeat_frame(next_cursor: int) -> bytes:
+    return b'{"type":"heartbeat","next_cursor":%d,"sent_at":"%s"}' % (next_cursor, now_text().encode())
+
+
+class StreamClient:
+    def __init__(self, ws: web.WebSocketResponse, ticket: str | None, run_id: str | None, limit: int) -> None:
+        self.ws = ws
+        self.ticket = ticket
+        self.run_id = run_id
+        self.limit = limit
+        self.frames: deque[bytes] = deque()
+        self.wakeup = asyncio.Event()
+        self.live = False
+        self.buffered: list[list[_Encoded]] = []
+        self.cursor = 0  # everything up to here was sent or does not match
+        self.overflowed = False
+        self.transport: Any = None
+
+    def matches(self, item: _Encoded) -> bool:
+        return (self.ticket is None or item.ticket == self.ticket) and (
+            self.run_id is None or item.run_id == self.run_id
+        )
+
+    def offer(self, batch: list[_Encoded]) -> bool:
+        """Queue what matches; False when the client is too far behind."""
+        if not self.live:
+            self.buffered.append(batch)
+            return len(self.buffered) <= MAX_FRAMES_BEHIND
+        fresh = [item for item in batch if item.sequence > self.cursor]
+        if not fresh:
+            return True
+        self.cursor = fresh[-1].sequence
+        matching = [item.data for item in fresh if self.matches(item)]
+        for start in range(0, len(matching), self.limit):
+            self.frames.append(_events_frame(matching[start:start + self.limit], self.cursor))
+        if matching:
+            self.wakeup.set()
+        return len(self.frames) <= MAX_FRAMES_BEHIND
+
+    def go_live(self, caught_up_to: int) -> bool:
+        self.cursor = max(self.cursor, caught_up_to)
+        self.live = True
+        pending, self.buffered = self.buffered, []
+        ok = True
+        for batch in pending:
+            ok = self.offer(batch) and ok
+        return ok
+
+
+class StreamHub:
+    """Fans committed events out to WebSocket clients (lives on the event loop)."""
+
+    def __init__(self, forum: Any, loop: asyncio.AbstractEventLoop, heartbeat_seconds: float) -> None:
+        self.forum = forum
+        self.loop = loop
+        self.heartbeat_seconds = heartbeat_seconds
+        self.clients: set[StreamClient] = set()
+        self.last_sequence = 0
+        self.frames_total = 0
+        self.slow_closed_total = 0
+        self._inbox: deque[list[EventMessage]] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self.last_sequence = await self.forum.read_async(lambda r: r.projection_checkpoints().get("thread_views", 0))
+        self._task = asyncio.create_task(self._dispatch_loop(), name="stream-hub")
+
+    async def stop(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+        for client in list(self.clients):
+            await _close(client.ws, WSCloseCode.GOING_AWAY, b"server shutting down")
+        self.clients.clear()
+
+    def client_count(self) -> int:
+        return len(self.clients)
+
+    # EventSink (called on the broker's thread)
+    def events_applied(self, projection: str, events: list[EventMessage]) -> None:
+        if projection == "thread_views" and events:
+            try:
+                self.loop.call_soon_threadsafe(self._enqueue, events)
+            except RuntimeError:
+                pass  # the loop is closed: shutting down
+
+    def commands_decided(self, outcomes: list[Any]) -> None:
+        pass
+
+    def _enqueue(self, events: list[EventMessage]) -> None:
+        self._inbox.append(events)
+        self._wake.set()
+
+    async def _dispatch_loop(self) -> None:
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), FILL_CHECK_SECONDS)
+            except asyncio.TimeoutError:
+                await self._fill_to_checkpoint()
+                continue
+            self._wake.clear()
+            while self._inbox:
+                events = [e for e in self._inbox.popleft() if e.sequence > self.last_sequence]
+                if not events:
+                    continue
+                if events[0].sequence > self.last_sequence + 1:
+                    await self._fill(events[0].sequence - 1)
+                    events = [e for e in events if e.sequence > self.last_sequence]
+                if events:
+                    self._dispatch([_encode_view(EventView.from_message(e)) for e in events])
+
+    async def _fill_to_checkpoint(self) -> None:
+        try:
+            checkpoint = await self.forum.read_async(lambda r: r.projection_checkpoints().get("thread_views", 0))
+        except Exception:  # noqa: BLE001 - try again on the next tick
+            return
+        if checkpoint > self.last_sequence:
+            await self._fill(checkpoint)
+
+    async def _fill(self, up_to: int) -> None:
+        """Dispatch events (last_sequence, up_to] read from SQLite (a missed notification)."""
+        while self.last_sequence < up_to:
+            after = self.last_sequence
+            views, _ = await self.forum.read_async(lambda r: r.events_after(None, None, after, 1000))
+            views = [v for v in views if v.sequence <= up_to]
+            if not views:
+                return
+            self._dispatch([_encode_view(v) for v in views])
+
+    def _dispatch(self, batch: list[_Encoded]) -> None:
+        self.last_sequence = batch[-1].sequence
+        for client in list(self.clients):
+            before = len(client.frames)
+            if not client.offer(batch):
+                self._drop_slow(client)
+            self.frames_total += max(0, len(client.frames) - before)
+
+    def _drop_slow(self, client: StreamClient) -> None:
+        if client.overflowed:
+            return
+        client.overflowed = True
+        self.clients.discard(client)
+        self.slow_closed_total += 1
+        log.warning("websocket client fell more than %d frames behind; closing it (1013)", MAX_FRAMES_BEHIND)
+        client.wakeup.set()
+        asyncio.ensure_future(
+            _close(client.ws, WSCloseCode.TRY_AGAIN_LATER, b"client fell behind; reconnect with next_cursor",
+                   client.transport)
+        )
+
+    # -- one connection -------------------------------------------------------------------
+
+    async def serve(self, request: web.Request, query: StreamQuery) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=PROTOCOL_PING_SECONDS, compress=False)
+        await ws.prepare(request)
+        client = StreamClient(ws, query.ticket or None, query.run_id or None, query.limit)
+        client.transport = request.transport
+        high_water = self.last_sequence
+        self.clients.add(client)
+        sender: asyncio.Task[None] | None = None
+        try:
+            start = high_water if query.cursor is None else query.cursor
+            caught_up = await self._catch_up(client, start, high_water)
+            if not client.go_live(caught_up):
+                self._drop_slow(client)
+            client.frames.appendleft(_heartbeat_frame(client.cursor))
+            client.wakeup.set()
+            sender = asyncio.create_task(self._send_loop(client))
+            async for message in ws:
+                if message.type == WSMsgType.ERROR:
+                    break
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception as error:  # noqa: BLE001 - tell the client, then close
+            log.exception("websocket stream failed")
+            if not ws.closed:
+                await ws.send_str(_encoder.encode({"type": "error", "message": str(error)}).decode())
+        finally:
+            self.clients.discard(client)
+            if sender is not None:
+                sender.cancel()
+            if not ws.closed:
+                await _close(ws, WSCloseCode.OK, b"")
+        return ws
+
+    async def _catch_up(self, client: StreamClient, start: int, high_water: int) -> int:
+        cursor = start
+        while cursor < high_water and not client.overflowed:
+            after = cursor
+            views, _ = await self.forum.read_async(
+                lambda r: r.events_after(client.ticket, client.run_id, after, client.limit)
+            )
+            views = [v for v in views if v.sequence <= high_water]
+            if not views:
+                break
+            cursor = views[-1].sequence
+            await client.ws.send_frame(_events_frame([_encoder.encode(v) for v in views], cursor), WSMsgType.TEXT)
+        return high_water if cursor < high_water else cursor
+
+    async def _send_loop(self, client: StreamClient) -> None:
+        ws = client.ws
+        while not ws.closed and not client.overflowed:
+            if not client.frames:
+                client.wakeup.clear()
+                try:
+                    await asyncio.wait_for(client.wakeup.wait(), self.heartbeat_seconds)
+                except asyncio.TimeoutError:
+                    client.frames.append(_heartbeat_frame(client.cursor))
+                continue
+            frame = client.frames.popleft()
+            await ws.send_frame(frame, WSMsgType.TEXT)
+
+
+async def _close(ws: web.WebSocketResponse, code: int, message: bytes, transport: Any = None) -> None:
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=message), timeout=2.0)
+    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+        if transport is not None:
+            transport.abort()  # a stalled peer never acknowledges the close
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    query = parse_query(request, StreamQuery)
+    hub = context(request).hub
+    if hub is None:
+        raise ApiError(503, "unavailable", "the stream is not ready yet")
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        raise ApiError(400, "websocket_required", "this route needs a WebSocket upgrade (Upgrade: websocket)")
+    return await hub.serve(request, query)
+
+
+def routes() -> list[Route]:
+    return [
+        Route(
+            "GET", "/api/v1/forum/stream", stream, "Live event stream (WebSocket)", "forum",
+            query=StreamQuery, responses={101: "websocket", 400: ErrorResponse},
+            description=(
+                "Upgrade to a WebSocket. Frames are JSON text: {type: forum.events, events, next_cursor, sent_at}, "
+                "{type: heartbeat, next_cursor, sent_at}, {type: error, message}. Catch-up from `cursor` "
+                "(default: now) then live, with no gap and no duplicate."
+            ),
+        )
+    ]

@@ -1,0 +1,65 @@
+"""``metawsm serve``: the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+from metawsm.cli.main import cli
+from metawsm.policy import DEFAULT_DB_PATH, DEFAULT_POLICY_PATH, PolicyError, load_policy
+
+
+def _configure_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    # Pykka logs every actor failure with a traceback; the supervisors already log one line.
+    logging.getLogger("pykka").setLevel(logging.WARNING if debug else logging.CRITICAL)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+@cli.command("serve")
+@click.option("--addr", default="127.0.0.1:3001", show_default=True, help="HOST:PORT to listen on (:PORT = loopback).")
+@click.option("--db", "db_path", default=DEFAULT_DB_PATH, show_default=True, help="SQLite database file.")
+@click.option("--policy", "policy_path", default=DEFAULT_POLICY_PATH, show_default=True,
+              help="Policy file (built-in defaults when absent).")
+@click.option("--debug", is_flag=True, help="Enable fault injection and verbose actor logs.")
+def serve(addr: str, db_path: str, policy_path: str, debug: bool) -> None:
+    """Run the daemon: the actor system, the HTTP API and the WebSocket stream.
+
+    Stop it with Ctrl-C (SIGINT) or SIGTERM.
+    """
+    from metawsm.api.server import Address, StartupFailed, serve_forever
+    from metawsm.daemon import Daemon, StartupError
+
+    _configure_logging(debug)
+    try:
+        policy = load_policy(policy_path)
+    except PolicyError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    try:
+        address = Address.parse(addr)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--addr") from None
+    daemon = Daemon(policy, db_path, debug=debug)
+    try:
+        daemon.start()
+    except StartupError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    try:
+        code = asyncio.run(serve_forever(daemon, address, debug or policy.debug.fault_injection))
+    except StartupFailed as error:
+        daemon.stop()
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        daemon.stop()
+        code = 0
+    sys.exit(code)
