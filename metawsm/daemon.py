@@ -96,8 +96,20 @@ def choose_redis(policy: Policy, db_path: Path) -> RedisChoice:
 class Daemon:
     """One actor system serving one database."""
 
-    def __init__(self, policy: Policy, db_path: str | Path, *, debug: bool = False) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        db_path: str | Path,
+        *,
+        debug: bool = False,
+        policy_path: str = "",
+        server_url: str = "http://127.0.0.1:3001",
+        base_dir: str | Path | None = None,
+    ) -> None:
         self.policy = policy
+        self.policy_path = str(Path(policy_path).absolute()) if policy_path else ""
+        self.server_url = server_url
+        self.base_dir = str(Path(base_dir or Path.cwd()).absolute())
         self.db_path = Path(db_path).absolute()
         self.debug = debug
         self.system: ActorSystem | None = None
@@ -121,7 +133,8 @@ class Daemon:
         except TransportError as error:
             self._stop_redis()
             raise StartupError(f"forum redis ping failed: {error}") from error
-        services = Services(db=db, policy=self.policy, redis_url=self.redis.url, debug=self.debug)
+        services = Services(db=db, policy=self.policy, redis_url=self.redis.url, debug=self.debug,
+                            policy_path=self.policy_path, server_url=self.server_url, base_dir=self.base_dir)
         services.embedded_redis = self.redis.process
         services.namespace_claim = self.claim
         self.services = services

@@ -74,6 +74,9 @@ class Services:
     bus: BusStatus = field(default_factory=BusStatus)
     debug: bool = False
     embedded_redis: Any = None  # RedisProcess when the daemon runs its own Redis
+    policy_path: str = ""
+    server_url: str = "http://127.0.0.1:3001"  # given to agents as METAWSM_SERVER
+    base_dir: str = "."  # where relative policy paths (workspace root) are resolved
     namespace_claim: Any = None  # NamespaceClaim, refreshed by the outbox relay
 
     def __post_init__(self) -> None:

@@ -195,7 +195,13 @@ class Supervisor(ManagedActor):
         if any(s.spec.id == spec.id for s in self._slots):
             raise Refusal(f"child {spec.id} already exists under {self.path}", code="conflict")
         slot = self._add_slot(spec)
-        self._start_slot(slot)
+        try:
+            self._start_slot(slot)
+        except Exception as error:  # the factory itself failed: refuse, do not crash the siblings
+            with self._lock:
+                self._slots.remove(slot)
+            self.system.directory.unbind(slot.path, state="stopped")
+            raise Refusal(f"could not start {spec.id} under {self.path}: {error}", code="start_failed") from error
         return slot.path
 
     def _remove_child(self, child_id: str) -> bool:

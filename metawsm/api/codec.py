@@ -38,6 +38,8 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
         raise ApiError(400, "invalid_json", f"invalid request body: {_readable(str(error))}") from None
     except msgspec.DecodeError as error:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {error}") from None
+    except UnicodeDecodeError as error:  # msgspec decodes strings itself and raises this as is
+        raise ApiError(400, "invalid_json", f"request body is not valid UTF-8: {error.reason} at byte {error.start}") from None
 
 
 def parse_query(request: web.Request, kind: type[T]) -> T:

@@ -58,6 +58,7 @@ from metawsm.policy import redacted_redis_url
 THREAD = "/api/v1/forum/threads/{thread_id}"
 E400 = {400: ErrorResponse}
 E404 = {404: ErrorResponse}
+E503 = {503: ErrorResponse}  # an actor the request needs is restarting or gone (ActorError)
 
 
 def _filters(query: Any) -> ThreadFilters:
@@ -231,7 +232,7 @@ async def replay_parked(request: web.Request) -> web.Response:
 
 
 def routes() -> list[Route]:
-    write = {202: AcceptedResponse, **E400, **E404, 409: ErrorResponse}
+    write = {202: AcceptedResponse, **E400, **E404, 409: ErrorResponse, **E503}
     return [
         Route("GET", "/api/v1/forum/threads", list_threads, "List threads, newest update first", "forum",
               query=ListThreadsQuery, responses={200: ThreadsResponse, **E400}),
@@ -266,7 +267,7 @@ def routes() -> list[Route]:
         Route("GET", "/api/v1/forum/debug", debug, "Pipeline snapshot incl. real Redis stream keys", "debug",
               query=DebugQuery, responses={200: DebugResponse, **E400}),
         Route("POST", "/api/v1/forum/rebuild", rebuild, "Rebuild projections from the event log", "forum",
-              body=RebuildRequest, responses={200: RebuildResponse, **E400}),
+              body=RebuildRequest, responses={200: RebuildResponse, **E400, **E503}),
         Route("POST", "/api/v1/forum/parked/{message_id}/replay", replay_parked, "Replay a parked entry", "forum",
-              responses={200: ReplayResponse, **E404}),
+              responses={200: ReplayResponse, **E400, **E404, **E503}),
     ]

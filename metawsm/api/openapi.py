@@ -9,9 +9,22 @@ import msgspec
 
 from metawsm import __version__
 from metawsm.api.registry import RouteTable
+from metawsm.forum.projections.registry import PROJECTION_NAMES
 
 REF = "#/components/schemas/{name}"
 _PATH_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+
+
+# Text fields the forum rules require to be non-blank.  The request types (metawsm.forum.requests)
+# keep them plain ``str`` so that the rules word the refusal; the document states the constraint.
+NON_BLANK = {
+    "OpenThreadRequest": ("ticket", "title", "body"),
+    "AddPostRequest": ("body",),
+    "AnswerRequest": ("body",),
+    "AssignRequest": ("assignee_name",),
+    "ControlSignalRequest": ("run_id", "ticket", "agent_name"),
+    "SeenRequest": ("viewer_id",),
+}
 
 
 def build_openapi(table: RouteTable) -> bytes:
@@ -22,6 +35,15 @@ def build_openapi(table: RouteTable) -> bytes:
                 types.append(kind)
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)
     schema_of = dict(zip(types, schemas))
+    rebuild = components.get("RebuildRequest", {}).get("properties", {}).get("projection")
+    if rebuild is not None:
+        rebuild["enum"] = ["", *PROJECTION_NAMES]
+        rebuild["description"] = "One projection to rebuild; empty (or absent) rebuilds them all."
+    for name, fields in NON_BLANK.items():
+        properties = components.get(name, {}).get("properties", {})
+        for field in fields:
+            if field in properties:
+                properties[field].update({"minLength": 1, "pattern": r"\S"})
     paths: dict[str, dict[str, Any]] = {}
     for route in table.routes:
         path = _PATH_PARAM.sub(lambda m: "{" + m.group(1) + "}", route.path)
@@ -34,22 +56,28 @@ def build_openapi(table: RouteTable) -> bytes:
         if route.description:
             operation["description"] = route.description
         parameters = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+            {"name": name, "in": "path", "required": True,
+             "schema": {"type": "string", "enum": route.path_enums[name]} if name in route.path_enums
+             else {"type": "string", "minLength": 1}}
             for name in _PATH_PARAM.findall(route.path)
         ]
         if route.query is not None:
             parameters.extend(_query_parameters(route.query, components))
         if parameters:
             operation["parameters"] = parameters
+        responses = dict(route.responses)
         if route.body is not None:
+            # A body whose fields are all optional may be left out (it reads as ``{}``).
+            body_schema = components.get(route.body.__name__, {})
             operation["requestBody"] = {
-                "required": True,
+                "required": bool(body_schema.get("required")),
                 "content": {"application/json": {"schema": schema_of[route.body]}},
             }
-        for status, kind in sorted(route.responses.items()):
+            responses.setdefault(413, None)
+        if route.path.startswith("/api/") and (route.query or route.body):
+            responses.setdefault(400, None)
+        for status, kind in sorted(responses.items()):
             operation["responses"][str(status)] = _response(status, kind, schema_of)
-        if route.path.startswith("/api/") and "400" not in operation["responses"] and (route.query or route.body):
-            operation["responses"]["400"] = _response(400, None, schema_of)
         paths.setdefault(path, {})[route.method.lower()] = operation
     document = {
         "openapi": "3.1.0",
@@ -71,8 +99,8 @@ def build_openapi(table: RouteTable) -> bytes:
 
 def _response(status: int, kind: Any, schema_of: dict[Any, Any]) -> dict[str, Any]:
     descriptions = {101: "Switching to the WebSocket protocol", 200: "OK", 202: "Accepted: durable, applies later",
-                    400: "Bad request", 404: "Not found", 409: "Conflict", 413: "Body too large",
-                    503: "Unavailable"}
+                    400: "Bad request", 404: "Not found", 409: "Conflict", 413: "Body too large (over 1 MiB)",
+                    503: "Unavailable (the pipeline cannot take the request right now)"}
     entry: dict[str, Any] = {"description": descriptions.get(status, "Response")}
     if isinstance(kind, type):
         entry["content"] = {"application/json": {"schema": schema_of[kind]}}
@@ -91,6 +119,9 @@ def _query_parameters(kind: type, components: dict[str, Any]) -> list[dict[str, 
     parameters = []
     for name, prop in resolved.get("properties", {}).items():
         prop = _strip_null(prop)
+        if name not in required and "enum" in prop:
+            # An empty optional filter means "any", as if it were absent (``?state=``).
+            prop = {**prop, "enum": [*prop["enum"], ""]}
         parameters.append({"name": name, "in": "query", "required": name in required, "schema": prop})
     return parameters
 

@@ -22,6 +22,7 @@ class Route:
     responses: dict[int, Any] = field(default_factory=dict)  # status → Struct type, or a str media type
     description: str = ""
     operation_id: str = ""
+    path_enums: dict[str, list[str]] = field(default_factory=dict)  # path parameter → allowed values
 
 
 class RouteTable:
@@ -36,4 +37,8 @@ class RouteTable:
 
     def install(self, app: web.Application) -> None:
         for route in self.routes:
-            app.router.add_route(route.method, route.path, route.handler)
+            if route.method == "GET":
+                # GET answers HEAD too (``curl -I``, uptime probes), as a web server should.
+                app.router.add_get(route.path, route.handler, allow_head=True)
+            else:
+                app.router.add_route(route.method, route.path, route.handler)

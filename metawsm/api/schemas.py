@@ -21,8 +21,9 @@ from metawsm.forum.views import (
     ThreadView,
 )
 
+NonBlank = Annotated[str, msgspec.Meta(min_length=1, pattern=r"\S", description="Required; not blank.")]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=500, description="Page size (1..500).")]
-Sequence = Annotated[int, msgspec.Meta(ge=0, description="An event sequence number.")]
+Sequence = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1, description="An event sequence number.")]
 
 # -- queries --------------------------------------------------------------------------------------
 
@@ -46,14 +47,14 @@ class ListThreadsQuery(ThreadFiltersQuery, kw_only=True):
 
 
 class SearchQuery(ListThreadsQuery, kw_only=True):
-    query: str
+    query: NonBlank
     cursor: str | None = None
 
 
 class QueueQuery(ThreadFiltersQuery, kw_only=True):
     type: Annotated[str, msgspec.Meta(extra_json_schema={"enum": ["unseen", "unanswered"]})]
-    viewer_type: ViewerTypeText | None = None
-    viewer_id: str | None = None
+    viewer_type: ViewerTypeText
+    viewer_id: NonBlank
     cursor: str | None = None
     limit: Limit = 50
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 from dataclasses import dataclass
@@ -69,7 +70,11 @@ async def serve_forever(daemon: Daemon, address: Address, fault_injection: bool)
         services.sinks.remove(hub)
         forum.close()
         debug_bus.close()
-        raise StartupFailed(f"cannot listen on {address.host}:{address.port}: {error.strerror or error}") from error
+        if error.errno == errno.EADDRINUSE:
+            reason = "address already in use (another metawsm serve?); pick another --addr HOST:PORT"
+        else:
+            reason = (error.strerror or str(error)).lower()
+        raise StartupFailed(f"cannot listen on {address.host}:{address.port}: {reason}") from error
     log.info("serving the API on %s (fault injection %s)", address.url, "on" if fault_injection else "off")
 
     stop = asyncio.Event()

@@ -10,12 +10,18 @@ hub's high-water mark at the moment it registered), then the live events buffere
 those at or below the catch-up end are skipped — so there is no gap and no duplicate.
 Each client has a bounded frame queue and its own sender task: a client that falls more
 than ``MAX_FRAMES_BEHIND`` frames behind is closed with 1013 and nobody else waits for it.
+The kernel send buffer of each stream socket is capped (``SEND_BUFFER_BYTES``) so that a
+stalled peer is noticed after about a thousand frames, not after megabytes of autotuned
+buffer.  The 1013 close frame is queued after the frames already written, so a client that
+resumes reading gets everything it was sent and then the close code; one that never reads
+again is cut off ``SLOW_CLOSE_GRACE_SECONDS`` later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
 from typing import Any
 
@@ -36,6 +42,9 @@ log = logging.getLogger("metawsm.api")
 MAX_FRAMES_BEHIND = 1000
 FILL_CHECK_SECONDS = 1.0
 PROTOCOL_PING_SECONDS = 20.0
+SEND_BUFFER_BYTES = 64 * 1024
+CLOSE_TIMEOUT_SECONDS = 2.0
+SLOW_CLOSE_GRACE_SECONDS = 10.0
 _encoder = msgspec.json.Encoder()
 
 
@@ -90,9 +99,15 @@ class StreamClient:
         if not fresh:
             return True
         self.cursor = fresh[-1].sequence
-        matching = [item.data for item in fresh if self.matches(item)]
+        matching = [item for item in fresh if self.matches(item)]
         for start in range(0, len(matching), self.limit):
-            self.frames.append(_events_frame(matching[start:start + self.limit], self.cursor))
+            chunk = matching[start:start + self.limit]
+            # next_cursor promises "everything up to here was sent": a frame that is not the
+            # batch's last covers only up to its own last event; the last one also covers the
+            # non-matching events after it.
+            final = start + self.limit >= len(matching)
+            self.frames.append(_events_frame([item.data for item in chunk],
+                                             self.cursor if final else chunk[-1].sequence))
         if matching:
             self.wakeup.set()
         return len(self.frames) <= MAX_FRAMES_BEHIND
@@ -131,9 +146,10 @@ class StreamHub:
         self._closing = True
         if self._task is not None:
             self._task.cancel()
-        for client in list(self.clients):
-            await _close(client.ws, WSCloseCode.GOING_AWAY, b"server shutting down")
-        self.clients.clear()
+        clients, self.clients = list(self.clients), set()
+        await asyncio.gather(
+            *(_close(c.ws, WSCloseCode.GOING_AWAY, b"server shutting down", c.transport) for c in clients)
+        )
 
     def client_count(self) -> int:
         return len(self.clients)
@@ -201,6 +217,7 @@ class StreamHub:
         if client.overflowed:
             return
         client.overflowed = True
+        client.frames.clear()  # never sent: the client reconnects with its last next_cursor
         self.clients.discard(client)
         self.slow_closed_total += 1
         log.warning("websocket client fell more than %d frames behind; closing it (1013)", MAX_FRAMES_BEHIND)
@@ -215,6 +232,7 @@ class StreamHub:
     async def serve(self, request: web.Request, query: StreamQuery) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=PROTOCOL_PING_SECONDS, compress=False)
         await ws.prepare(request)
+        _bound_send_buffer(request.transport)
         client = StreamClient(ws, query.ticket or None, query.run_id or None, query.limit)
         client.transport = request.transport
         high_water = self.last_sequence
@@ -225,7 +243,10 @@ class StreamHub:
             caught_up = await self._catch_up(client, start, high_water)
             if not client.go_live(caught_up):
                 self._drop_slow(client)
-            client.frames.appendleft(_heartbeat_frame(client.cursor))
+            # The first heartbeat marks the end of the catch-up.  Its cursor is the catch-up's
+            # end, not client.cursor: live frames buffered meanwhile are still queued behind it,
+            # and a client reconnecting with this cursor must get them again.
+            client.frames.appendleft(_heartbeat_frame(caught_up))
             client.wakeup.set()
             sender = asyncio.create_task(self._send_loop(client))
             async for message in ws:
@@ -270,15 +291,37 @@ class StreamHub:
                     client.frames.append(_heartbeat_frame(client.cursor))
                 continue
             frame = client.frames.popleft()
-            await ws.send_frame(frame, WSMsgType.TEXT)
+            try:
+                await ws.send_frame(frame, WSMsgType.TEXT)
+            except (ConnectionError, RuntimeError):
+                return  # the connection is going away; serve() cleans up
+
+
+def _bound_send_buffer(transport: Any) -> None:
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    except OSError:  # not a TCP socket (tests on unix sockets) or refused: keep the default
+        pass
 
 
 async def _close(ws: web.WebSocketResponse, code: int, message: bytes, transport: Any = None) -> None:
+    """Send the close frame and wait briefly for the peer's answer.
+
+    A peer that does not answer in time (stalled, or not reading) gets its transport closed
+    gracefully by aiohttp: what is already buffered, ending with our close frame, is still
+    delivered if it resumes reading.  If it never does, the connection is aborted after
+    ``SLOW_CLOSE_GRACE_SECONDS`` so it cannot pin memory forever.
+    """
     try:
-        await asyncio.wait_for(ws.close(code=code, message=message), timeout=2.0)
+        await asyncio.wait_for(ws.close(code=code, message=message), timeout=CLOSE_TIMEOUT_SECONDS)
     except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+        if transport is not None and not transport.is_closing():
+            transport.close()
         if transport is not None:
-            transport.abort()  # a stalled peer never acknowledges the close
+            asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE_SECONDS, transport.abort)
 
 
 async def stream(request: web.Request) -> web.StreamResponse:

@@ -102,8 +102,8 @@ async def metrics(request: web.Request) -> web.Response:
     except Exception:  # noqa: BLE001 - serve what we have
         pass
     text = ctx.metrics.render(ctx)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_TEXT,
+                                                     "X-Content-Type-Options": "nosniff"})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -130,6 +130,7 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text=INDEX_HTML, content_type="text/html")
 
 
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"  # the exposition format's own media type
 OPENAPI: web.AppKey[bytes] = web.AppKey("metawsm_openapi", bytes)
 
 

@@ -11,6 +11,8 @@ import click
 from metawsm.cli.main import cli
 from metawsm.policy import DEFAULT_DB_PATH, DEFAULT_POLICY_PATH, PolicyError, load_policy
 
+EMPTY_URL_RULE = "forum.redis.url cannot be empty"
+
 
 def _configure_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stdout)
@@ -21,6 +23,23 @@ def _configure_logging(debug: bool) -> None:
     # Pykka logs every actor failure with a traceback; the supervisors already log one line.
     logging.getLogger("pykka").setLevel(logging.WARNING if debug else logging.CRITICAL)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_MalformedRequestFilter())
+
+
+class _MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a malformed request (bad header bytes, bad request line) at ERROR with a
+    traceback, although it is the client's fault and it already answered 400: one line is
+    enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "rejected a malformed HTTP request: %s", (" ".join(str(error.message).split()),)
+            record.exc_info = record.exc_text = None
+        return True
 
 
 @cli.command("serve")
@@ -41,7 +60,11 @@ def serve(addr: str, db_path: str, policy_path: str, debug: bool) -> None:
     try:
         policy = load_policy(policy_path)
     except PolicyError as error:
-        click.echo(f"error: {error}", err=True)
+        message = str(error)
+        if message == EMPTY_URL_RULE:
+            # The runbook's name for this failure, then the policy rule that caught it.
+            message = f"forum redis url is empty ({EMPTY_URL_RULE} in {policy_path}); set forum.redis.url"
+        click.echo(f"error: {message}", err=True)
         sys.exit(2)
     try:
         address = Address.parse(addr)
@@ -62,4 +85,9 @@ def serve(addr: str, db_path: str, policy_path: str, debug: bool) -> None:
     except KeyboardInterrupt:
         daemon.stop()
         code = 0
+    except BaseException:
+        # A bug in the serve loop: stop the actor threads, or they keep the process alive.
+        logging.getLogger("metawsm.serve").exception("serve failed; stopping the actor system")
+        daemon.stop()
+        sys.exit(1)
     sys.exit(code)

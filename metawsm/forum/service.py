@@ -27,7 +27,7 @@ from metawsm.forum.messages import EventMessage
 from metawsm.forum.projections.registry import PROJECTION_NAMES, create_projection
 from metawsm.forum.reads import ForumReader
 from metawsm.forum.views import ThreadView
-from metawsm.forum.write_model import CommandOutcome
+from metawsm.forum.write_model import CommandOutcome, recorded_outcomes
 from metawsm.services import Services
 
 T = TypeVar("T")
@@ -51,36 +51,84 @@ class WriteResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class OutcomeBoard:
-    """Thread-safe rendezvous between pipeline verdicts and callers waiting for them."""
+    """Thread-safe rendezvous between pipeline verdicts and callers waiting for them.
 
-    def __init__(self) -> None:
+    Read-your-writes: an ``unchanged`` verdict (a same-state change, closing a closed thread,
+    an answer whose state was already answered, ...) carries the thread's last event sequence
+    and is held until ``thread_views`` has applied that far, so the view the caller then
+    reads includes everything the verdict was based on.
+
+    Verdicts travel as tells through the broker, which loses what is in its mailbox when it
+    (or a projection) restarts; :meth:`resync`, run by the broker on start and every second
+    while someone waits, settles such waiters from SQLite.
+    """
+
+    def __init__(self, projected: int = 0) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[str, list[Callable[[Verdict], None]]] = {}
         self._recent: OrderedDict[str, Verdict] = OrderedDict()
+        self._projected = projected  # highest sequence thread_views is known to have applied
+        self._held: list[tuple[int, str, Verdict]] = []
 
     # EventSink
     def events_applied(self, projection: str, events: list[EventMessage]) -> None:
-        if projection != "thread_views":
+        if projection != "thread_views" or not events:
             return
         for event in events:
             self._settle(
                 event.envelope.event_id,
                 Verdict(status="applied", thread_id=event.envelope.thread_id, sequence=event.sequence),
             )
+        self._advance(max(event.sequence for event in events))
 
     def commands_decided(self, outcomes: list[CommandOutcome]) -> None:
         for outcome in outcomes:
-            self._settle(
-                outcome.event_id,
-                Verdict(
-                    status="rejected" if outcome.status == "rejected" else "unchanged",
-                    thread_id=outcome.thread_id,
-                    sequence=outcome.sequence,
-                    error_code=outcome.error_code,
-                    error_message=outcome.error_message,
-                    error_status=outcome.error_status or 400,
-                ),
+            if outcome.status == "applied":
+                continue  # announced by thread_views once visible
+            verdict = Verdict(
+                status="rejected" if outcome.status == "rejected" else "unchanged",
+                thread_id=outcome.thread_id,
+                sequence=outcome.sequence,
+                error_code=outcome.error_code,
+                error_message=outcome.error_message,
+                error_status=outcome.error_status or 400,
             )
+            if verdict.status == "unchanged" and outcome.sequence:
+                with self._lock:
+                    hold = outcome.sequence > self._projected
+                    if hold:
+                        self._held.append((outcome.sequence, outcome.event_id, verdict))
+                if hold:
+                    continue
+            self._settle(outcome.event_id, verdict)
+
+    def resync(self, conn: Any) -> None:
+        """Settle waiters from SQLite: events thread_views applied, verdicts the handler recorded."""
+        with self._lock:
+            waiting = list(self._waiters)
+            held = bool(self._held)
+        if not waiting and not held:
+            return
+        row = conn.execute(
+            "SELECT last_sequence FROM forum_projection_checkpoints WHERE projection_name = 'thread_views'"
+        ).fetchone()
+        if row is not None:
+            self._advance(int(row[0]))
+        for start in range(0, len(waiting), 500):
+            chunk = waiting[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for event_id, thread_id, sequence in conn.execute(
+                "SELECT e.event_id, e.thread_id, e.sequence FROM forum_projection_events p"
+                " JOIN forum_events e ON e.event_id = p.event_id"
+                f" WHERE p.projection_name = 'thread_views' AND p.event_id IN ({marks})",
+                chunk,
+            ).fetchall():
+                self._settle(event_id, Verdict(status="applied", thread_id=thread_id or "", sequence=sequence))
+        self.commands_decided(recorded_outcomes(conn, waiting))
+
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(len(callbacks) for callbacks in self._waiters.values())
 
     def watch(self, event_id: str, callback: Callable[[Verdict], None]) -> Callable[[], None]:
         """Call ``callback`` once with the verdict (now, if already known); returns a cancel."""
@@ -101,6 +149,17 @@ class OutcomeBoard:
 
         return cancel
 
+    def _advance(self, sequence: int) -> None:
+        with self._lock:
+            if sequence <= self._projected:
+                return
+            self._projected = sequence
+            ready = [item for item in self._held if item[0] <= sequence]
+            if ready:
+                self._held = [item for item in self._held if item[0] > sequence]
+        for _, event_id, verdict in ready:
+            self._settle(event_id, verdict)
+
     def _settle(self, event_id: str, verdict: Verdict) -> None:
         with self._lock:
             self._recent[event_id] = verdict
@@ -117,6 +176,14 @@ class ForumService:
         self.services = services
         self.board = OutcomeBoard()
         services.sinks.add(self.board)
+        conn = services.db.connect()
+        try:  # after registering, so no thread_views progress falls between the two
+            row = conn.execute(
+                "SELECT last_sequence FROM forum_projection_checkpoints WHERE projection_name = 'thread_views'"
+            ).fetchone()
+        finally:
+            conn.close()
+        self.board._advance(int(row[0]) if row is not None else 0)
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="forum-read")
         self._connections: list[Any] = []

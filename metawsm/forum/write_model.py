@@ -158,8 +158,18 @@ def apply_command(
         _record(conn, outcome, now)
         return outcome, None
     if produced is None:
+        # ``sequence`` is the thread's last event: the verdict is only news to the caller once
+        # the read side shows that much (an answer's post, say, applied just before its no-op
+        # state change), so the caller waits for thread_views to reach it.
+        version = conn.execute(
+            "SELECT version FROM forum_threads WHERE thread_id = ?", (envelope.thread_id,)
+        ).fetchone()
         outcome = CommandOutcome(
-            event_id=envelope.event_id, command=name, thread_id=envelope.thread_id, status="unchanged"
+            event_id=envelope.event_id,
+            command=name,
+            thread_id=envelope.thread_id,
+            status="unchanged",
+            sequence=int(version[0]) if version is not None and version[0] else None,
         )
         _record(conn, outcome, now)
         return outcome, None
@@ -344,6 +354,33 @@ def _recorded_outcome(conn: sqlite3.Connection, event_id: str) -> CommandOutcome
         error_message=row[5] or "",
         error_status=_status_for_code(row[4] or "") if status == "rejected" else 0,
     )
+
+
+def recorded_outcomes(conn: sqlite3.Connection, event_ids: list[str]) -> list[CommandOutcome]:
+    """The recorded verdicts among ``event_ids`` (any status), for waiters that missed them."""
+    outcomes = []
+    for start in range(0, len(event_ids), 500):
+        chunk = event_ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(
+            "SELECT event_id, command_type, thread_id, status, sequence, error_code, error_message"
+            f" FROM forum_command_results WHERE event_id IN ({marks})",
+            chunk,
+        ):
+            status = row[3]
+            outcomes.append(
+                CommandOutcome(
+                    event_id=row[0],
+                    command=row[1],
+                    thread_id=row[2] or "",
+                    status=status,
+                    sequence=row[4],
+                    error_code=row[5] or "",
+                    error_message=row[6] or "",
+                    error_status=_status_for_code(row[5] or "") if status == "rejected" else 0,
+                )
+            )
+    return outcomes
 
 
 def _status_for_code(code: str) -> int:

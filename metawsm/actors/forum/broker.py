@@ -3,17 +3,32 @@
 Sinks (the HTTP layer's waiters and WebSocket hub, the run supervisor) are registered in
 ``services.sinks`` rather than in this actor, so a broker restart loses no subscriber.
 Sinks must not block: they hop to their own thread or loop.
+
+What a restart does lose is the broker's mailbox (and the tells sent while it was down):
+announcements are fire-and-forget.  So on start, and every second as a safety sweep, the
+broker lets each sink that has a ``resync(conn)`` method catch up from SQLite (the
+OutcomeBoard settles callers whose event or verdict it never heard of; the WebSocket hub has
+its own fill-from-checkpoint loop).
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any, ClassVar
+
+import msgspec
 
 from metawsm.actors.forum.messages import Applied, CommandsDecided
 from metawsm.actors.managed import ManagedActor
 
 log = logging.getLogger("metawsm.forum")
+
+RESYNC_SECONDS = 1.0
+
+
+class _Resync(msgspec.Struct, frozen=True):
+    pass
 
 
 class EventBroker(ManagedActor):
@@ -21,8 +36,23 @@ class EventBroker(ManagedActor):
 
     def setup(self) -> None:
         self.sinks = self.system.services.sinks
+        self.conn: sqlite3.Connection = self.system.services.db.connect()
         self.events_total = 0
         self.last_sequence = 0
+        me = self.actor_ref
+
+        def sweep() -> bool:
+            try:
+                me.tell(_Resync())
+                return True
+            except Exception:  # noqa: BLE001 - a dead broker ends its ticker
+                return False
+
+        self.system.scheduler.every(RESYNC_SECONDS, sweep)
+        self.tell_self(_Resync())
+
+    def teardown(self) -> None:
+        self.conn.close()
 
     def describe(self) -> dict[str, Any]:
         return {"sinks": len(self.sinks.all()), "events_total": self.events_total, "last_sequence": self.last_sequence}
@@ -37,6 +67,11 @@ class EventBroker(ManagedActor):
         elif isinstance(message, CommandsDecided):
             for sink in self.sinks.all():
                 self._safely(sink.commands_decided, message.outcomes)
+        elif isinstance(message, _Resync):
+            for sink in self.sinks.all():
+                resync = getattr(sink, "resync", None)
+                if resync is not None:
+                    self._safely(resync, self.conn)
         else:
             return super().handle(message)
         return None

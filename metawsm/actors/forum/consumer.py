@@ -30,6 +30,7 @@ from metawsm.actors.forum.messages import (
     DeliveryDone,
     DeliveryReport,
     Entry,
+    Flush,
     Poll,
     Reconcile,
     projection_path,
@@ -61,7 +62,7 @@ class _Redeliver(msgspec.Struct, frozen=True):
 
 
 class _InFlight:
-    __slots__ = ("entry", "message", "remaining", "attempts", "errors")
+    __slots__ = ("entry", "message", "remaining", "attempts", "errors", "parked")
 
     def __init__(self, entry: InboundEntry, message: Any, targets: list[str]) -> None:
         self.entry = entry
@@ -69,6 +70,7 @@ class _InFlight:
         self.remaining = set(targets)
         self.attempts: dict[str, int] = {}
         self.errors: dict[str, str] = {}
+        self.parked = False  # recorded once, however many targets gave up on it
 
 
 class StreamConsumer(ManagedActor):
@@ -85,13 +87,16 @@ class StreamConsumer(ManagedActor):
         self.event_targets = [projection_path(name) for name in PROJECTION_NAMES]
         self.in_flight: dict[str, _InFlight] = {}
         self._groups_ready = False
+        # Reconcile is owed until told to the relay: set on start and whenever Redis lost our
+        # groups, so a failure half-way through recreating them cannot skip it.
+        self._reconcile_reason = "consumer start"
         self._backoff = 0.0
         self._waiting_for_room = False
         self._last_reclaim = 0.0
         self.acked_total = 0
         self.parked_total = 0
         self.status.consumer_running = True
-        self._start_reading(first=True)
+        self._start_reading()
 
     def teardown(self) -> None:
         self.status.consumer_running = False
@@ -119,7 +124,7 @@ class StreamConsumer(ManagedActor):
 
     # -- reading --------------------------------------------------------------------------
 
-    def _start_reading(self, first: bool = False) -> bool:
+    def _start_reading(self) -> bool:
         """Make sure our group exists on every stream; take over what a dead consumer left."""
         try:
             created = self.bus.ensure_groups(self.topics)
@@ -132,15 +137,22 @@ class StreamConsumer(ManagedActor):
         self._groups_ready = True
         self._bus_ok()
         self._route([entry for entry, _ in reclaimed])
-        if first or created:
-            self.system.tell(RELAY, Reconcile(reason="consumer start" if first else "redis lost its streams"))
+        if created and not self._reconcile_reason:
+            self._reconcile_reason = "redis lost its streams"
+        self._ask_reconcile()
         self.tell_self(Poll())
         return True
+
+    def _ask_reconcile(self) -> None:
+        if self._reconcile_reason and self.system.tell(RELAY, Reconcile(reason=self._reconcile_reason)):
+            self._reconcile_reason = ""
 
     def _poll(self) -> None:
         if not self._groups_ready:
             self._start_reading()
             return
+        if self._reconcile_reason:
+            self._ask_reconcile()  # the relay was restarting when we first asked
         if len(self.in_flight) >= MAX_IN_FLIGHT:
             self._waiting_for_room = True
             return
@@ -154,6 +166,7 @@ class StreamConsumer(ManagedActor):
             log.warning("redis lost the consumer group (%s); recreating it and reconciling", error)
             self.bus.forget_groups()
             self._groups_ready = False
+            self._reconcile_reason = "redis lost its streams"
             self._start_reading()
             return
         except TransportError as error:
@@ -167,6 +180,8 @@ class StreamConsumer(ManagedActor):
     def _bus_ok(self) -> None:
         if self._backoff:
             log.info("redis reachable again; stream consumer resumed")
+            # The relay may be deep in its own backoff (up to 10 s): wake it now.
+            self.system.tell(RELAY, Flush(force=True))
         self._backoff = 0.0
         self.status.mark_healthy()
 
@@ -212,7 +227,10 @@ class StreamConsumer(ManagedActor):
     def _send(self, target: str, keys: list[str]) -> None:
         if not keys:
             return
-        entries = [Entry(key=k, message=self.in_flight[k].message) for k in keys]
+        entries = [
+            Entry(key=k, message=self.in_flight[k].message, message_id=self.in_flight[k].entry.message_id)
+            for k in keys
+        ]
         me = self.actor_ref
         key_tuple = tuple(keys)
 
@@ -262,7 +280,8 @@ class StreamConsumer(ManagedActor):
                 record.attempts[report.target] = attempts
                 record.errors[report.target] = error
                 if attempts >= self.max_attempts:
-                    self._park(record, f"{report.target}: {error}", attempts)
+                    if not record.parked:
+                        self._park(record, f"{report.target}: {error}", attempts)
                     record.remaining.discard(report.target)
                 else:
                     delay = RETRY_FAILED_SECONDS * (2 ** (attempts - 1))
@@ -294,6 +313,7 @@ class StreamConsumer(ManagedActor):
         self.status.consecutive_errors = 0
 
     def _park(self, record: _InFlight, error: str, attempts: int) -> None:
+        record.parked = True
         entry = record.entry
         message_id = entry.message_id or f"fmsg_unknown_{entry.entry_id}"
         with write_transaction(self.conn):

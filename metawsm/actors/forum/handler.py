@@ -1,9 +1,17 @@
 """CommandHandler: applies command messages to the write model, one transaction per delivery.
 
+Commands apply in **intake order** (their ``forum_outbox`` id), whatever order the streams
+deliver them in: one stream per command topic means an ``add_post`` can be read before the
+``open_thread`` or ``close_thread`` accepted before it, and a reconcile or a redelivery
+republishes old commands after newer ones.  So before applying a delivered command the
+handler applies, from the outbox (the source of truth), every earlier command that has no
+verdict yet; their own stream entries then find the verdict recorded and are no-ops.  Entries
+without an outbox row (foreign producers) apply in delivery order after the others.
+
 Each command runs inside a savepoint: a command that crashes (a bug, not a refusal) is
 rolled back alone and reported failed, so one poison entry cannot hold back the others.
-Refusals are recorded as verdicts (``forum_command_results``) and told to the broker so a
-waiting caller hears about them; applied commands are announced later, by the
+Refusals and no-ops are recorded as verdicts (``forum_command_results``) and told to the
+broker so a waiting caller hears about them; applied commands are announced later, by the
 ``thread_views`` projection, once their event is visible.
 """
 
@@ -13,14 +21,26 @@ import logging
 import sqlite3
 from typing import Any, ClassVar
 
+import msgspec
+
 from metawsm.actors.forum.messages import BROKER, RELAY, CommandsDecided, Deliver, DeliveryReport, WorkAvailable
 from metawsm.actors.managed import ManagedActor
 from metawsm.clock import now_text
-from metawsm.forum.messages import CommandMessage
+from metawsm.forum.messages import CommandMessage, decode_bus_message
 from metawsm.forum.write_model import CommandOutcome, apply_command
 from metawsm.store import write_transaction
 
 log = logging.getLogger("metawsm.forum")
+
+# Commands whose verdict is missing, in intake order, between two outbox ids.  Parked rows
+# are skipped: they wait for an operator's replay.
+_UNDECIDED = (
+    "SELECT o.id, o.message_id, o.payload_json FROM forum_outbox o"
+    " WHERE o.id > ? AND o.id < ? AND o.topic >= ? AND o.topic < ? AND o.status != 'parked'"
+    " AND NOT EXISTS (SELECT 1 FROM forum_command_results r"
+    " WHERE r.event_id = json_extract(o.payload_json, '$.envelope.event_id'))"
+    " ORDER BY o.id"
+)
 
 
 class CommandHandler(ManagedActor):
@@ -30,19 +50,88 @@ class CommandHandler(ManagedActor):
         services = self.system.services
         self.topics = services.topics
         self.conn: sqlite3.Connection = services.db.connect()
+        prefix = self.topics.command_prefix + "."
+        self._topic_range = (prefix, prefix[:-1] + chr(ord(".") + 1))
         self.applied_total = 0
         self.rejected_total = 0
+        self.applied_early = 0
+        # Every command at or below this outbox id has a verdict (or is parked).
+        self.floor = self._initial_floor()
 
     def teardown(self) -> None:
         self.conn.close()
 
     def describe(self) -> dict[str, Any]:
-        return {"applied_total": self.applied_total, "rejected_total": self.rejected_total}
+        return {
+            "applied_total": self.applied_total,
+            "rejected_total": self.rejected_total,
+            "applied_ahead_of_delivery": self.applied_early,
+            "decided_floor": self.floor,
+        }
 
     def handle(self, message: Any) -> Any:
         if isinstance(message, Deliver):
             return self._apply(message)
         return super().handle(message)
+
+    # -- ordering ---------------------------------------------------------------------------
+
+    def _initial_floor(self) -> int:
+        first_open = self.conn.execute(
+            "SELECT MIN(o.id) FROM forum_outbox o WHERE o.topic >= ? AND o.topic < ? AND o.status != 'parked'"
+            " AND NOT EXISTS (SELECT 1 FROM forum_command_results r"
+            " WHERE r.event_id = json_extract(o.payload_json, '$.envelope.event_id'))",
+            self._topic_range,
+        ).fetchone()[0]
+        if first_open is not None:
+            return int(first_open) - 1
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM forum_outbox").fetchone()[0])
+
+    def _positions(self, message_ids: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        ids = [m for m in set(message_ids) if m]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row_id, message_id in self.conn.execute(
+                f"SELECT id, message_id FROM forum_outbox WHERE message_id IN ({marks})", chunk
+            ):
+                found[message_id] = int(row_id)
+        return found
+
+    def _plan(self, delivery: Deliver, failed: dict[str, str]) -> list[tuple[int | None, str | None, CommandMessage]]:
+        """(outbox id, entry key, command) in the order to apply; key None = applied ahead."""
+        commands = []
+        for entry in delivery.entries:
+            if isinstance(entry.message, CommandMessage):
+                commands.append(entry)
+            else:
+                failed[entry.key] = f"not a command: {type(entry.message).__name__}"
+        positions = self._positions([e.message_id for e in commands])
+        ordered: list[tuple[int | None, str | None, CommandMessage]] = []
+        foreign: list[tuple[int | None, str | None, CommandMessage]] = []
+        for entry in commands:
+            position = positions.get(entry.message_id)
+            (foreign if position is None else ordered).append((position, entry.key, entry.message))
+        if ordered:
+            newest = max(p for p, _, _ in ordered if p is not None)
+            delivered = {p for p, _, _ in ordered}
+            for row_id, message_id, payload in self.conn.execute(
+                _UNDECIDED, (self.floor, newest, *self._topic_range)
+            ).fetchall():
+                if row_id in delivered:
+                    continue
+                try:
+                    message = decode_bus_message(payload)
+                except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                    log.warning("outbox command %s cannot be decoded: %s", message_id, error)
+                    continue
+                if isinstance(message, CommandMessage):
+                    ordered.append((int(row_id), None, message))
+            ordered.sort(key=lambda item: item[0])  # type: ignore[arg-type, return-value]
+        return ordered + foreign
+
+    # -- applying ---------------------------------------------------------------------------
 
     def _apply(self, delivery: Deliver) -> DeliveryReport:
         failed: dict[str, str] = {}
@@ -50,28 +139,39 @@ class CommandHandler(ManagedActor):
         events = 0
         now = now_text()
         with write_transaction(self.conn):
-            for entry in delivery.entries:
-                command = entry.message
-                if not isinstance(command, CommandMessage):
-                    failed[entry.key] = f"not a command: {type(command).__name__}"
-                    continue
+            plan = self._plan(delivery, failed)
+            newest = self.floor
+            stuck: int | None = None  # lowest outbox id that failed: the floor stays below it
+            for position, key, command in plan:
                 self.conn.execute("SAVEPOINT command")
                 try:
                     outcome, event = apply_command(self.conn, command, self.topics, now)
                 except Exception as error:  # noqa: BLE001 - isolate a poison command
                     self.conn.execute("ROLLBACK TO command")
                     self.conn.execute("RELEASE command")
-                    failed[entry.key] = f"{type(error).__name__}: {error}"
-                    log.warning("command %s failed: %s", command.envelope.event_id, failed[entry.key])
+                    text = f"{type(error).__name__}: {error}"
+                    log.warning("command %s failed: %s", command.envelope.event_id, text)
+                    if key is not None:
+                        failed[key] = text
+                    if position is not None and (stuck is None or position < stuck):
+                        stuck = position
                     continue
                 self.conn.execute("RELEASE command")
+                if position is not None:
+                    newest = max(newest, position)
+                if key is None:
+                    self.applied_early += 1
                 if event is not None:
                     events += 1
                     self.applied_total += 1
-                else:
+                elif outcome.status != "applied":
+                    # Rejected or unchanged (now, or recorded by an earlier delivery).  A
+                    # redelivered *applied* command is not re-announced: its caller hears
+                    # about it from thread_views, once its event is visible.
                     decided.append(outcome)
                     if outcome.status == "rejected":
                         self.rejected_total += 1
+        self.floor = newest if stuck is None else min(newest, stuck - 1)
         if events:
             self.system.tell(RELAY, WorkAvailable())
         if decided:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from metawsm.actors.errors import ActorCrashed, Refusal
+from metawsm.actors.errors import ActorCrashed, ActorUnavailable, Refusal
 from metawsm.actors.forum.messages import RELAY, Accepted, Submit, WorkAvailable
 from metawsm.actors.managed import DEFERRED, ManagedActor
 from metawsm.clock import now_text
@@ -42,8 +42,10 @@ class CommandIntake(ManagedActor):
         self.batches = 0
 
     def teardown(self) -> None:
+        # Not committed: fail the callers with an actor error (HTTP 503, safe to retry).  A bare
+        # Refusal here would reach the HTTP layer as an unexpected exception (500).
         for _, reply in self._batch:
-            reply.fail(Refusal("the forum intake restarted before committing; retry", code="unavailable"))
+            reply.fail(ActorUnavailable(self.path, "restarting (the request was not committed)"))
         self._batch.clear()
         self.conn.close()
 

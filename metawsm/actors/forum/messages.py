@@ -45,7 +45,12 @@ class WorkAvailable(msgspec.Struct, frozen=True):
 
 
 class Flush(msgspec.Struct, frozen=True):
-    """The relay's own "publish now" (coalesces many WorkAvailable into one pass)."""
+    """The relay's own "publish now" (coalesces many WorkAvailable into one pass).
+
+    ``force`` skips the remaining backoff: the consumer saw Redis answer again.
+    """
+
+    force: bool = False
 
 
 class Reconcile(msgspec.Struct, frozen=True):
@@ -59,10 +64,15 @@ class Poll(msgspec.Struct, frozen=True):
 
 
 class Entry(msgspec.Struct, frozen=True):
-    """One stream entry handed to a worker; ``key`` identifies it in the consumer."""
+    """One stream entry handed to a worker; ``key`` identifies it in the consumer.
+
+    ``message_id`` is the entry's outbox message id (empty for foreign entries): the
+    command handler uses it to find the command's place in the intake order.
+    """
 
     key: str
     message: Any  # CommandMessage | EventMessage
+    message_id: str = ""
 
 
 class Deliver(msgspec.Struct, frozen=True):

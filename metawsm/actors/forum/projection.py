@@ -1,11 +1,13 @@
 """Projection actor: folds events into one read model, exactly once and in sequence order.
 
-The checkpoint (``forum_projection_checkpoints``) is the last sequence applied.  Events
-at or below it are duplicates and are skipped; an event beyond ``checkpoint + 1`` means
-some were not delivered yet, so the missing ones are read from ``forum_events`` (the source
-of truth) and applied first.  Every applied event gets its ``forum_projection_events`` row
-in the same transaction as the read-model change, and the actor catches up from SQLite on
-start, so a restart or an emptied Redis never loses or repeats an event.
+The checkpoint (``forum_projection_checkpoints``) is the last sequence applied.  A delivered
+event is a wake-up: the actor applies ``forum_events`` (the source of truth) from
+``checkpoint + 1`` up to that event's sequence, so events at or below the checkpoint are
+duplicates and events not delivered yet are read from SQLite.  A delivered event the log does
+not hold (a forged or foreign entry) is refused and ends up parked; it never moves the
+checkpoint.  Every applied event gets its ``forum_projection_events`` row in the same
+transaction as the read-model change, and the actor catches up from SQLite on start, so a
+restart or an emptied Redis never loses or repeats an event.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ class ProjectionActor(ManagedActor):
         services = self.system.services
         self.max_attempts = services.policy.forum.max_attempts
         self.conn: sqlite3.Connection = services.db.connect()
+        # Derived state, so no fsync per commit: a commit lost to a power cut rolls the checkpoint
+        # back together with the tables, and the catch-up re-applies from the log.  WAL keeps
+        # commits in order, so the next FULL commit (intake, handler) makes this one durable too.
+        self.conn.execute("PRAGMA synchronous = NORMAL")
         self.checkpoint = self._load_checkpoint()
         self.failures: dict[int, int] = {}
         self.applied_total = 0
@@ -78,58 +84,93 @@ class ProjectionActor(ManagedActor):
     # -- applying -------------------------------------------------------------------------
 
     def _deliver(self, delivery: Deliver) -> DeliveryReport:
-        keyed = sorted(
-            ((e.message.sequence, e.key, e.message) for e in delivery.entries if isinstance(e.message, EventMessage)),
-            key=lambda item: item[0],
-        )
+        """Apply the log up to the newest delivered event; the stream is only the wake-up.
+
+        Events are applied as ``forum_events`` holds them, in sequence order.  A delivered event
+        the log does not hold (a foreign or forged entry: unknown sequence, or another event id
+        at that sequence) is refused, so the consumer parks it; it never moves the checkpoint.
+        """
         failed: dict[str, str] = {}
-        applied: list[EventMessage] = []
-        try:
-            with write_transaction(self.conn):
-                for sequence, key, event in keyed:
-                    if sequence <= self.checkpoint:
-                        continue
-                    applied.extend(self._apply_through(event))
-                self._save_checkpoint()
-        except _EventFailed as failure:
-            self.checkpoint = self._load_checkpoint()
-            # Re-apply in a fresh transaction everything before the failing event.
-            applied = []
+        delivered: list[tuple[str, EventMessage]] = []
+        for entry in delivery.entries:
+            if isinstance(entry.message, EventMessage):
+                delivered.append((entry.key, entry.message))
+            else:
+                failed[entry.key] = f"not an event: {type(entry.message).__name__}"
+        logged = self._logged_ids([event.sequence for _, event in delivered])
+        valid: list[tuple[str, EventMessage]] = []
+        for key, event in delivered:
+            if logged.get(event.sequence) == event.envelope.event_id:
+                valid.append((key, event))
+            else:
+                failed[key] = (
+                    f"event {event.envelope.event_id} (sequence {event.sequence}) is not in forum_events"
+                )
+        target = max((event.sequence for _, event in valid), default=0)
+        applied, failure = self._apply_up_to(target)
+        if failure is not None:
             bad = failure.event.sequence
             self._count_failure(failure.event, str(failure))
-            for sequence, key, _ in keyed:
-                if sequence == bad:
+            for key, event in valid:
+                if event.sequence == bad:
                     failed[key] = str(failure)
-                elif sequence > bad:
+                elif event.sequence > bad:
                     failed[key] = f"retry: waiting for event {bad}"
-            good = [event for sequence, _, event in keyed if self.checkpoint < sequence < bad]
-            if good:
-                with write_transaction(self.conn):
-                    for event in good:
-                        if event.sequence > self.checkpoint:
-                            applied.extend(self._apply_through(event))
-                    self._save_checkpoint()
+        self._announce(applied)
+        return DeliveryReport(failed=failed)
+
+    def _logged_ids(self, sequences: list[int]) -> dict[int, str]:
+        found: dict[int, str] = {}
+        unique = sorted(set(sequences))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for sequence, event_id in self.conn.execute(
+                f"SELECT sequence, event_id FROM forum_events WHERE sequence IN ({marks})", chunk
+            ):
+                found[int(sequence)] = event_id
+        return found
+
+    def _apply_up_to(self, target: int) -> tuple[list[EventMessage], _EventFailed | None]:
+        """Apply ``forum_events`` (checkpoint, target] in one transaction, stopping at a failure.
+
+        Each event runs in its own savepoint, so what was applied before a failing event is
+        committed with the checkpoint; the failing event and those after it wait for a retry.
+        """
+        applied: list[EventMessage] = []
+        failure: _EventFailed | None = None
+        if target <= self.checkpoint:
+            return applied, None
+        start = self.checkpoint
+        try:
+            with write_transaction(self.conn):
+                while failure is None and self.checkpoint < target:
+                    rows = self.conn.execute(
+                        f"SELECT {EVENT_COLUMNS} FROM forum_events WHERE sequence > ? AND sequence <= ?"
+                        " ORDER BY sequence LIMIT ?",
+                        (self.checkpoint, target, CATCH_UP_BATCH),
+                    ).fetchall()
+                    if not rows:
+                        break
+                    for row in rows:
+                        event = event_from_row(row)
+                        try:
+                            self._apply_one(event)
+                        except _EventFailed as error:
+                            failure = error
+                            break
+                        applied.append(event)
+                self._save_checkpoint()
+        except BaseException:
+            self.checkpoint = start  # rolled back: the actor crashes and reloads it anyway
+            raise
+        return applied, failure
+
+    def _announce(self, applied: list[EventMessage]) -> None:
         if applied:
             self.applied_total += len(applied)
             if self.announce:
                 self.system.tell(BROKER, Applied(projection=self.name, events=applied))
-        return DeliveryReport(failed=failed)
-
-    def _apply_through(self, event: EventMessage) -> list[EventMessage]:
-        """Apply any missing earlier events from SQLite, then ``event``; return all applied."""
-        todo: list[EventMessage] = []
-        if event.sequence > self.checkpoint + 1:
-            rows = self.conn.execute(
-                f"SELECT {EVENT_COLUMNS} FROM forum_events WHERE sequence > ? AND sequence < ? ORDER BY sequence",
-                (self.checkpoint, event.sequence),
-            ).fetchall()
-            todo.extend(event_from_row(row) for row in rows)
-        todo.append(event)
-        applied = []
-        for item in todo:
-            self._apply_one(item)
-            applied.append(item)
-        return applied
 
     def _apply_one(self, event: EventMessage) -> None:
         self.conn.execute("SAVEPOINT event")
@@ -159,43 +200,49 @@ class ProjectionActor(ManagedActor):
 
     def _catch_up(self) -> None:
         """Apply everything in ``forum_events`` past the checkpoint (after a start or a gap)."""
-        while True:
-            rows = self.conn.execute(
-                f"SELECT {EVENT_COLUMNS} FROM forum_events WHERE sequence > ? ORDER BY sequence LIMIT ?",
-                (self.checkpoint, CATCH_UP_BATCH),
-            ).fetchall()
-            if not rows:
-                return
-            events = [event_from_row(row) for row in rows]
-            self._deliver(Deliver(entries=[_entry(e) for e in events]))
-            if self.checkpoint < events[-1].sequence:
-                return  # a failing event: the consumer's redelivery will retry it
+        latest = self.conn.execute("SELECT COALESCE(MAX(sequence), 0) FROM forum_events").fetchone()[0]
+        applied, failure = self._apply_up_to(int(latest))
+        if failure is not None:  # the consumer's redelivery will retry it
+            self._count_failure(failure.event, str(failure))
+        self._announce(applied)
 
     def _rebuild(self) -> RebuildResult:
         started = time.perf_counter()
+        before = self.checkpoint
+        fresh: list[EventMessage] = []  # events the incremental path had not applied yet
         with write_transaction(self.conn):
             self.projection.clear(self.conn)
             self.conn.execute("DELETE FROM forum_projection_events WHERE projection_name = ?", (self.name,))
             self.checkpoint = 0
             replayed = 0
-            while True:
-                rows = self.conn.execute(
-                    f"SELECT {EVENT_COLUMNS} FROM forum_events WHERE sequence > ? ORDER BY sequence LIMIT ?",
-                    (self.checkpoint, CATCH_UP_BATCH),
-                ).fetchall()
-                if not rows:
-                    break
-                for row in rows:
-                    event = event_from_row(row)
-                    self.projection.apply(self.conn, event)
-                    self.conn.execute(
-                        "INSERT OR IGNORE INTO forum_projection_events (projection_name, event_id, applied_at)"
-                        " VALUES (?, ?, ?)",
-                        (self.name, event.envelope.event_id, now_text()),
-                    )
-                    self.checkpoint = event.sequence
-                    replayed += 1
-            self._save_checkpoint()
+            try:
+                while True:
+                    rows = self.conn.execute(
+                        f"SELECT {EVENT_COLUMNS} FROM forum_events WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                        (self.checkpoint, CATCH_UP_BATCH),
+                    ).fetchall()
+                    if not rows:
+                        break
+                    for row in rows:
+                        event = event_from_row(row)
+                        self.projection.apply(self.conn, event)
+                        self.conn.execute(
+                            "INSERT OR IGNORE INTO forum_projection_events (projection_name, event_id, applied_at)"
+                            " VALUES (?, ?, ?)",
+                            (self.name, event.envelope.event_id, now_text()),
+                        )
+                        self.checkpoint = event.sequence
+                        if event.sequence > before:
+                            fresh.append(event)
+                        replayed += 1
+                self._save_checkpoint()
+            except BaseException:
+                self.checkpoint = before
+                raise
+        # Events applied for the first time by the rebuild would otherwise never be announced
+        # (their deliveries now find them at or below the checkpoint): a caller waiting for
+        # one of them would hang until its budget ran out.
+        self._announce(fresh)
         log.info("projection %s rebuilt from %d event(s)", self.name, replayed)
         return RebuildResult(
             projection=self.name,
@@ -220,8 +267,3 @@ class ProjectionActor(ManagedActor):
             (self.name, self.checkpoint, now_text()),
         )
 
-
-def _entry(event: EventMessage) -> Any:
-    from metawsm.actors.forum.messages import Entry
-
-    return Entry(key=f"sqlite/{event.sequence}", message=event)

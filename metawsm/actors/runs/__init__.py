@@ -1,0 +1,1 @@
+"""Runs as actors: RunSupervisor → Run[<run_id>] → TmuxAgent[<agent>]."""

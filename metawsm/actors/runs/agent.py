@@ -1,0 +1,295 @@
+"""TmuxAgent: owns one agent's tmux session — watches its health and restarts it within budget.
+
+Health is polled every ``health.poll_seconds``: activity is the newest of the window's
+``#{window_activity}`` and the log file's mtime; progress is the newest of a workspace
+change (git status fingerprint or a new commit) and the agent's last control signal.
+Demotions need ``operator.unhealthy_confirmations`` consecutive polls.  A dead agent (or a
+stalled one, with ``operator.restart_stalled``) is restarted in place (``respawn-pane``) at
+most ``operator.restart_budget`` times, ``restart_cooldown_seconds`` apart; when the budget
+is spent the agent is ``failed`` and its Run decides what that means for the run.
+
+Stopping this actor never kills the session (the daemon may just be restarting, and the
+next incarnation re-attaches); only :class:`KillSession` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+
+from metawsm.actors.managed import ActorContext, ManagedActor
+from metawsm.actors.runs.messages import AgentExited, AgentFailed, KillSession, StartSession
+from metawsm.clock import format_time, now_text
+from metawsm.runs import store
+from metawsm.runs.health import HealthTracker, Observation, RestartBudget, Thresholds
+from metawsm.runs.model import AgentSpec
+from metawsm.runs.tmux import Tmux, TmuxError
+
+log = logging.getLogger("metawsm.runs")
+
+
+class _Poll(msgspec.Struct, frozen=True):
+    generation: int
+
+
+class AgentLaunch(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything needed to (re)start the agent's session."""
+
+    run_id: str
+    ticket: str
+    agent: AgentSpec
+    workspace: str
+    session: str
+    socket: str
+    workdir: str
+    log_path: str
+    env: dict[str, str]
+
+
+def _epoch_text(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    from datetime import datetime, timezone
+
+    return format_time(datetime.fromtimestamp(epoch, timezone.utc))
+
+
+class TmuxAgent(ManagedActor):
+    kind: ClassVar[str] = "tmux_agent"
+
+    def __init__(self, ctx: ActorContext, launch: AgentLaunch, progress: Any = None) -> None:
+        super().__init__(ctx)
+        self.launch = launch
+        self.progress_probe = progress  # callable() -> str fingerprint of workspace changes, or None
+
+    def setup(self) -> None:
+        services = self.system.services
+        self.conn = services.db.connect()
+        self.tmux = Tmux(self.launch.socket)
+        self.thresholds = Thresholds.from_policy(services.policy)
+        self.tracker = HealthTracker(self.thresholds, time.time())
+        row = self._row()
+        self.budget = self._new_budget(used=row.restarts_used if row else 0)
+        self.status = row.status if row else "pending"
+        self.health = row.health if row else ""
+        self.pane_pid: int | None = row.pane_pid if row else None
+        self.last_activity: float | None = None
+        self.last_progress: float | None = None
+        self.started_at = time.time()
+        self._fingerprint: str | None = None
+        self._generation = 0
+        self._last_write = 0.0
+        self.watching = self.status not in ("stopped", "failed", "cleaned")
+        if self.watching:
+            info = self.tmux.pane_info(self.launch.session)
+            if info.session_exists:
+                log.info("agent %s@%s: re-attached to tmux session %s", self.launch.agent.name,
+                         self.launch.workspace, self.launch.session)
+                self._set(status="running", pane_pid=info.pane_pid)
+            self._schedule_polls()
+
+    def teardown(self) -> None:
+        self._generation += 1
+        self.conn.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "session": self.launch.session,
+            "socket": self.launch.socket,
+            "workspace": self.launch.workspace,
+            "pane_pid": self.pane_pid,
+            "health": self.health,
+            "status": self.status,
+            "last_activity_at": _epoch_text(self.last_activity),
+            "restarts_left": self.budget.left,
+        }
+
+    def handle(self, message: Any) -> Any:
+        if isinstance(message, _Poll):
+            if message.generation == self._generation and self.watching:
+                self._poll()
+            return None
+        if isinstance(message, KillSession):
+            self.watching = False
+            self._generation += 1
+            killed = self.tmux.kill_session(self.launch.session)
+            self._set(status="stopped", health="", pane_pid=None)
+            return killed
+        if isinstance(message, StartSession):
+            self._generation += 1
+            self.tmux.kill_session(self.launch.session)
+            self.budget = self._new_budget()
+            self._start_session()
+            self.tracker = HealthTracker(self.thresholds, self.started_at)
+            self._set(restarts_used=0, last_error="")
+            self.watching = True
+            self._schedule_polls()
+            return self.launch.session
+        return super().handle(message)
+
+    def _new_budget(self, used: int = 0) -> RestartBudget:
+        t = self.thresholds
+        return RestartBudget(t.restart_budget, t.restart_cooldown_seconds, t.restart_budget_reset_seconds,
+                             used=used)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def _start_session(self) -> None:
+        launch = self.launch
+        Path(launch.log_path).parent.mkdir(parents=True, exist_ok=True)
+        info = self.tmux.new_session(launch.session, launch.workdir, launch.agent.command, launch.env,
+                                     Path(launch.log_path))
+        self.started_at = time.time()
+        self._set(status="running", health="healthy", pane_pid=info.pane_pid)
+
+    def _restart_session(self, reason: str) -> None:
+        launch = self.launch
+        if self.tmux.has_session(launch.session):
+            info = self.tmux.respawn(launch.session, launch.agent.command, launch.env, launch.workdir)
+        else:
+            Path(launch.log_path).parent.mkdir(parents=True, exist_ok=True)
+            info = self.tmux.new_session(launch.session, launch.workdir, launch.agent.command, launch.env,
+                                         Path(launch.log_path))
+        now = time.time()
+        self.budget.record_restart(now)
+        self.started_at = now
+        self.tracker.restarted(now)
+        log.warning("agent %s@%s was %s; restarted it (%d restart(s) left)", launch.agent.name, launch.workspace,
+                    reason, self.budget.left)
+        self._set(status="running", health="healthy", pane_pid=info.pane_pid, restarts_used=self.budget.used,
+                  last_error=f"restarted after it was {reason}")
+
+    # -- health ---------------------------------------------------------------------------
+
+    def _schedule_polls(self) -> None:
+        generation = self._generation
+        me = self.actor_ref
+
+        def tick() -> bool:
+            try:
+                me.tell(_Poll(generation))
+                return True
+            except Exception:  # noqa: BLE001 - actor gone: stop ticking
+                return False
+
+        self.system.scheduler.every(self.thresholds.poll_seconds, tick)
+        self.tell_self(_Poll(generation))
+
+    def _poll(self) -> None:
+        launch = self.launch
+        now = time.time()
+        try:
+            info = self.tmux.pane_info(launch.session)
+        except TmuxError as error:
+            log.debug("tmux poll failed for %s: %s", launch.session, error)
+            return
+        activity = info.window_activity
+        try:
+            activity = max(activity or 0.0, os.path.getmtime(launch.log_path)) or None
+        except OSError:
+            pass
+        if activity is not None:
+            self.last_activity = max(self.last_activity or 0.0, activity)
+        self._observe_progress(now)
+        control = self.conn.execute(
+            "SELECT completion_signalled, last_signal_at FROM forum_control_state WHERE run_id = ? AND agent_name = ?",
+            (launch.run_id, launch.agent.name),
+        ).fetchone()
+        completed = bool(control and control[0])
+        if control and control[1]:
+            from metawsm.clock import parse_time
+
+            signal_at = parse_time(control[1]).timestamp()
+            self.last_progress = max(self.last_progress or 0.0, signal_at)
+        observation = Observation(
+            at=now,
+            session_exists=info.session_exists,
+            pane_dead=info.pane_dead,
+            exit_status=info.dead_status,
+            last_activity=self.last_activity,
+            last_progress=self.last_progress,
+            completed=completed,
+        )
+        health = self.tracker.observe(observation)
+        if health == "healthy":
+            if self.budget.note_healthy(now):
+                self._set(restarts_used=0)
+        else:
+            self.budget.note_unhealthy(now)
+        changed = health != self.health or info.pane_pid != self.pane_pid
+        self.pane_pid = info.pane_pid
+        if health == "stopped":
+            if self.status != "stopped":
+                self.watching = False
+                self._set(status="stopped", health="stopped", pane_pid=None)
+                self._tell_run(AgentExited(agent=launch.agent.name, workspace=launch.workspace))
+            return
+        if health == "dead" or (health == "stalled" and self.thresholds.restart_stalled):
+            self._on_unhealthy(health, now)
+            return
+        if changed or self._activity_written_long_ago(now):
+            self._set(health=health, pane_pid=info.pane_pid, last_activity_at=_epoch_text(self.last_activity),
+                      last_progress_at=_epoch_text(self.last_progress))
+
+    def _activity_written_long_ago(self, now: float) -> bool:
+        """Refresh the stored activity time now and then, even when health did not change."""
+        return now - self._last_write >= max(5.0, self.thresholds.poll_seconds)
+
+    def _observe_progress(self, now: float) -> None:
+        if self.progress_probe is None:
+            return
+        try:
+            fingerprint = self.progress_probe()
+        except Exception:  # noqa: BLE001 - a git hiccup is not an agent problem
+            return
+        if fingerprint != self._fingerprint:
+            if self._fingerprint is not None:
+                self.last_progress = now
+            self._fingerprint = fingerprint
+
+    def _on_unhealthy(self, health: str, now: float) -> None:
+        allowed, reason = self.budget.decision(now)
+        if allowed:
+            try:
+                self._restart_session(health)
+            except TmuxError as error:
+                self._set(health=health, last_error=f"restart failed: {error}")
+            return
+        if "exhausted" in reason:
+            self.watching = False
+            message = f"{reason}; agent failed"
+            log.error("agent %s@%s %s", self.launch.agent.name, self.launch.workspace, message)
+            self._set(status="failed", health=health, last_error=message)
+            self._tell_run(AgentFailed(agent=self.launch.agent.name, workspace=self.launch.workspace, reason=reason))
+        elif health != self.health:
+            self._set(health=health, last_error=f"{health}; {reason}")
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def _row(self) -> store.AgentRow | None:
+        for row in store.agents(self.conn, self.launch.run_id):
+            if row.agent_name == self.launch.agent.name and row.workspace == self.launch.workspace:
+                return row
+        return None
+
+    def _set(self, **fields: Any) -> None:
+        if "status" in fields:
+            self.status = fields["status"]
+        if "health" in fields:
+            self.health = fields["health"]
+        if "last_activity_at" not in fields and self.last_activity is not None:
+            fields["last_activity_at"] = _epoch_text(self.last_activity)
+        self._last_write = time.time()
+        store.update_agent(self.conn, self.launch.run_id, self.launch.agent.name, self.launch.workspace, **fields)
+
+    def _tell_run(self, message: Any) -> None:
+        parent = self.path.rsplit("/", 1)[0]
+        self.system.tell(parent, message)
+
+
+__all__ = ["AgentLaunch", "TmuxAgent", "now_text"]

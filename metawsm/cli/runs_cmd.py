@@ -1,0 +1,316 @@
+"""Run commands: run, bootstrap, status, resume, stop, restart, close, cleanup, debug actors.
+
+All of them go through the daemon, which hosts the Run and TmuxAgent actors; this module
+only builds requests and prints answers.  A run is selected with ``--run-id`` or, with
+``--ticket``, the latest run of that ticket.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from metawsm.cli.client import DaemonClient, ApiFailure, fail, json_option, path_segment, print_json, reports_errors, server_option
+from metawsm.cli.main import cli
+
+F = Callable[..., Any]
+API = "/api/v1/runs"
+RUN_TIMEOUT = 330.0
+BRIEF_PROMPTS = (
+    ("goal", "Goal"),
+    ("scope", "Scope"),
+    ("done_criteria", "Done criteria"),
+    ("constraints", "Constraints"),
+    ("merge_intent", "Merge intent"),
+)
+
+
+def select_options(function: F) -> F:
+    function = click.option("--ticket", default="", help="Select the latest run of this ticket.")(function)
+    return click.option("--run-id", default="", help="The run's id.")(function)
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def resolve_run_id(client: DaemonClient, run_id: str, ticket: str) -> str:
+    if run_id:
+        return run_id
+    if not ticket:
+        fail("select a run with --run-id RUN_ID or --ticket TICKET", 2)
+    runs = client.get(API, {"ticket": ticket}).data.get("runs", [])
+    if not runs:
+        fail(f"no run found for ticket {ticket}", 2)
+    return runs[0]["run_id"]
+
+
+def _printer() -> Any:
+    from metawsm.cli.output import Printer
+
+    return Printer()
+
+
+def print_run(snapshot: dict[str, Any]) -> None:
+    p = _printer()
+    p.line(p.style(snapshot["run_id"], "bold") + f"  {snapshot['mode']}  {snapshot['status']}")
+    p.fields([
+        ("tickets", ", ".join(snapshot.get("tickets", []))),
+        ("repos", ", ".join(snapshot.get("repos", []))),
+        ("created", p.time(snapshot.get("created_at"))),
+        ("updated", p.time(snapshot.get("updated_at"))),
+        ("workspaces", snapshot.get("workspace_root", "")),
+        ("error", snapshot.get("error", "")),
+    ])
+    agents = snapshot.get("agents", [])
+    if agents:
+        p.line()
+        rows = []
+        for a in agents:
+            age = a.get("last_activity_age_seconds")
+            rows.append([
+                a["name"], a.get("workspace", ""), a.get("status", ""), a.get("health", "") or "-",
+                "-" if age is None else f"{age:.0f}s ago", f"{a.get('restarts_used', 0)}/{a.get('restarts_used', 0) + (a.get('restarts_left') or 0)}",
+                a.get("session", ""), a.get("workspace_path", ""),
+            ])
+        p.table(("AGENT", "WORKSPACE", "STATUS", "HEALTH", "ACTIVITY", "RESTARTS", "SESSION", "PATH"), rows)
+    if snapshot.get("mode") == "bootstrap" and agents and not snapshot.get("dry_run"):
+        p.line()
+        p.table(("AGENT", "COMPLETION", "VALIDATION", "DONE CRITERIA"),
+                [[a["name"], "yes" if a.get("completion_signalled") else "no", a.get("validation_status") or "-",
+                  a.get("validation_done_criteria") or "-"] for a in agents])
+    pending = snapshot.get("pending_guidance", [])
+    if pending:
+        p.line()
+        p.line(p.style(f"{len(pending)} pending guidance question(s):", "yellow"))
+        for item in pending:
+            p.line(f"  {item['agent_name']}: {item['question']}")
+            if item.get("context"):
+                p.line(f"    context: {item['context']}")
+            p.line(f"    answer with: {item['answer_command']}")
+    forum = snapshot.get("forum")
+    if forum:
+        p.line()
+        p.fields([("forum threads", forum.get("threads", 0)), ("open", forum.get("open_threads", 0)),
+                  ("unanswered", forum.get("unanswered", 0))])
+    steps = snapshot.get("steps", [])
+    if snapshot.get("dry_run") or any(s.get("status") == "failed" for s in steps):
+        p.line()
+        p.table(("STEP", "TICKET", "NAME", "STATUS", "ERROR"),
+                [[s["ordinal"], s.get("ticket", ""), s["name"], s["status"], s.get("error", "")] for s in steps])
+
+
+def _start(server: str, as_json: bool, body: dict[str, Any]) -> None:
+    response = DaemonClient(server, read_timeout=RUN_TIMEOUT).post(API, body, ok=(200,))
+    if as_json:
+        print_json(response)
+        return
+    print_run(response.data["run"])
+
+
+def common_run_options(function: F) -> F:
+    for option in reversed([
+        click.option("--ticket", "tickets", multiple=True, required=True, help="Ticket(s) to work on (repeatable)."),
+        click.option("--repos", "repos", multiple=True, required=True, help="Repo name(s), comma-separated or repeated."),
+        click.option("--doc-home-repo", default="", help="Repo holding the ticket docs (default: the first repo)."),
+        click.option("--base-branch", default="", help="Branch workspaces start from (default: policy)."),
+        click.option("--agent", "agents", multiple=True, help="Agent name(s) from the policy (default: all)."),
+        click.option("--dry-run", is_flag=True, help="Plan and print the steps; change nothing."),
+    ]):
+        function = option(function)
+    return function
+
+
+@cli.command("run")
+@common_run_options
+@server_option
+@json_option
+@reports_errors
+def run(tickets: tuple[str, ...], repos: tuple[str, ...], doc_home_repo: str, base_branch: str,
+        agents: tuple[str, ...], dry_run: bool, server: str, as_json: bool) -> None:
+    """Start agents on tickets, each in a tmux session inside a fresh workspace."""
+    _start(server, as_json, {
+        "mode": "run", "tickets": _split(tickets), "repos": _split(repos), "doc_home_repo": doc_home_repo,
+        "base_branch": base_branch, "agents": _split(agents), "cwd": os.getcwd(), "dry_run": dry_run,
+    })
+
+
+@cli.command("bootstrap")
+@common_run_options
+@click.option("--goal", default="", help="Brief: what the run should achieve.")
+@click.option("--scope", default="", help="Brief: what is in and out of scope.")
+@click.option("--done-criteria", default="", help="Brief: when it is done (agents must echo it in validation).")
+@click.option("--constraints", default="", help="Brief: rules the agents must follow.")
+@click.option("--merge-intent", default="", help="Brief: what to do with the result (e.g. merge into main).")
+@server_option
+@json_option
+@reports_errors
+def bootstrap(tickets: tuple[str, ...], repos: tuple[str, ...], doc_home_repo: str, base_branch: str,
+              agents: tuple[str, ...], dry_run: bool, goal: str, scope: str, done_criteria: str,
+              constraints: str, merge_intent: str, server: str, as_json: bool) -> None:
+    """Start a bootstrap run: collect a brief, then agents work until completion and validation.
+
+    On a terminal, missing brief fields are asked for; otherwise every field must be given.
+    """
+    brief: dict[str, Any] = {"goal": goal, "scope": scope, "done_criteria": done_criteria,
+                             "constraints": constraints, "merge_intent": merge_intent, "qa": []}
+    interactive = sys.stdin.isatty()
+    for field, label in BRIEF_PROMPTS:
+        if brief[field].strip():
+            continue
+        if not interactive:
+            fail(f'missing required bootstrap intake field "{label}"; provide all fields via flags in '
+                 "non-interactive mode", 2)
+        while not brief[field].strip():
+            brief[field] = click.prompt(label, default="", show_default=False)
+    if interactive and not as_json:
+        while True:
+            question = click.prompt("Question to record for the agents (empty to finish)", default="",
+                                    show_default=False)
+            if not question.strip():
+                break
+            answer = click.prompt("Answer", default="", show_default=False)
+            brief["qa"].append({"question": question.strip(), "answer": answer.strip()})
+    _start(server, as_json, {
+        "mode": "bootstrap", "tickets": _split(tickets), "repos": _split(repos), "doc_home_repo": doc_home_repo,
+        "base_branch": base_branch, "agents": _split(agents), "cwd": os.getcwd(), "dry_run": dry_run,
+        "brief": brief,
+    })
+
+
+@cli.command("status")
+@select_options
+@server_option
+@json_option
+@reports_errors
+def status(run_id: str, ticket: str, server: str, as_json: bool) -> None:
+    """Show a run: agents with health, pending guidance (with the command to answer), forum counts."""
+    client = DaemonClient(server)
+    run_id = resolve_run_id(client, run_id, ticket)
+    response = client.get(f"{API}/{path_segment(run_id)}")
+    if as_json:
+        print_json(response)
+        return
+    print_run(response.data["run"])
+
+
+def _action(action: str, run_id: str, ticket: str, server: str, as_json: bool, body: dict[str, Any]) -> None:
+    client = DaemonClient(server, read_timeout=RUN_TIMEOUT)
+    run_id = resolve_run_id(client, run_id, ticket)
+    try:
+        response = client.post(f"{API}/{path_segment(run_id)}/{action}", body, ok=(200,))
+    except ApiFailure as error:
+        if error.code == "close_blocked":
+            fail(error.message, 1)  # a gate, not bad usage
+        raise
+    if as_json:
+        print_json(response)
+        return
+    data = response.data
+    if "run" in data:
+        print_run(data["run"])
+    else:
+        summary = data.get("cleanup", data)
+        p = _printer()
+        p.line(f"{summary.get('run_id', run_id)}  cleaned up" + ("  (dry run)" if summary.get("dry_run") else ""))
+        p.fields([("sessions removed", ", ".join(summary.get("sessions", [])) or "none"),
+                  ("workspaces removed", ", ".join(summary.get("workspaces", [])) or
+                   ("kept" if summary.get("kept_workspaces") else "none"))])
+
+
+@cli.command("resume")
+@select_options
+@server_option
+@json_option
+@reports_errors
+def resume(run_id: str, ticket: str, server: str, as_json: bool) -> None:
+    """Start a stopped, paused or failed run's agents again."""
+    _action("resume", run_id, ticket, server, as_json, {})
+
+
+@cli.command("stop")
+@select_options
+@server_option
+@json_option
+@reports_errors
+def stop(run_id: str, ticket: str, server: str, as_json: bool) -> None:
+    """Stop a run: its agents' tmux sessions are ended (workspaces stay)."""
+    _action("stop", run_id, ticket, server, as_json, {})
+
+
+@cli.command("restart")
+@select_options
+@click.option("--agent", default="", help="Restart only this agent.")
+@server_option
+@json_option
+@reports_errors
+def restart(run_id: str, ticket: str, agent: str, server: str, as_json: bool) -> None:
+    """Restart a run's agents (fresh sessions, restart budget reset)."""
+    _action("restart", run_id, ticket, server, as_json, {"agent": agent})
+
+
+@cli.command("close")
+@select_options
+@click.option("--merge", is_flag=True, help="Also merge each workspace branch into the base branch.")
+@server_option
+@json_option
+@reports_errors
+def close(run_id: str, ticket: str, merge: bool, server: str, as_json: bool) -> None:
+    """Close a finished run once its gates pass (exit 1 with the reason when blocked)."""
+    _action("close", run_id, ticket, server, as_json, {"merge": merge})
+
+
+@cli.command("cleanup")
+@select_options
+@click.option("--keep-workspaces", is_flag=True, help="Remove the sessions but keep the workspaces.")
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; change nothing.")
+@server_option
+@json_option
+@reports_errors
+def cleanup(run_id: str, ticket: str, keep_workspaces: bool, dry_run: bool, server: str, as_json: bool) -> None:
+    """Remove a run's tmux sessions and workspaces (stop or close it first)."""
+    _action("cleanup", run_id, ticket, server, as_json, {"keep_workspaces": keep_workspaces, "dry_run": dry_run})
+
+
+@cli.group("debug")
+def debug() -> None:
+    """Inspect the daemon."""
+
+
+@debug.command("actors")
+@click.option("--run-id", default="", help="Only this run's subtree.")
+@server_option
+@json_option
+@reports_errors
+def debug_actors(run_id: str, server: str, as_json: bool) -> None:
+    """Print the actor tree (state, restarts, mailbox, details)."""
+    client = DaemonClient(server)
+    path = f"{API}/{path_segment(run_id)}/actors" if run_id else "/api/v1/debug/actors"
+    response = client.get(path)
+    if as_json:
+        print_json(response)
+        return
+    p = _printer()
+
+    def show(node: dict[str, Any], depth: int) -> None:
+        details = node.get("details") or {}
+        extra = []
+        for key in ("session", "pane_pid", "health", "last_activity_at", "restarts_left", "status", "checkpoint"):
+            if details.get(key) not in (None, ""):
+                extra.append(f"{key}={details[key]}")
+        failure = node.get("last_failure")
+        if failure:
+            extra.append(f"last_failure={failure.get('type')}: {failure.get('message')}")
+        state = node.get("state", "")
+        line = (f"{'  ' * depth}{node['name']}  {p.style(state, 'green' if state == 'running' else 'yellow')}"
+                f"  restarts={node.get('restarts', 0)} processed={node.get('processed', 0)}"
+                f" mailbox={node.get('mailbox', 0)}")
+        p.line(line + ("  " + " ".join(extra) if extra else ""))
+        for child in node.get("children", []):
+            show(child, depth + 1)
+
+    show(response.data["actors"], 0)

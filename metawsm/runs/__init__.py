@@ -1,0 +1,1 @@
+"""Runs: agents at work on tickets in tmux sessions inside workspaces (model, infrastructure, actors)."""

@@ -1,0 +1,241 @@
+"""Runs: the data shapes (spec, brief, status machine, snapshots) shared by actors, API and CLI."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal
+
+import msgspec
+
+from metawsm.actors.errors import Refusal
+
+
+class RunStatus(str, enum.Enum):
+    CREATED = "created"
+    PLANNING = "planning"
+    RUNNING = "running"
+    AWAITING_GUIDANCE = "awaiting_guidance"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+S = RunStatus
+TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    S.CREATED: frozenset({S.PLANNING, S.FAILED, S.STOPPING}),
+    S.PLANNING: frozenset({S.RUNNING, S.FAILED, S.STOPPING}),
+    S.RUNNING: frozenset({S.AWAITING_GUIDANCE, S.COMPLETED, S.PAUSED, S.FAILED, S.STOPPING, S.CLOSING}),
+    S.AWAITING_GUIDANCE: frozenset({S.RUNNING, S.COMPLETED, S.PAUSED, S.FAILED, S.STOPPING}),
+    S.PAUSED: frozenset({S.RUNNING, S.FAILED, S.STOPPING}),
+    S.COMPLETED: frozenset({S.CLOSING, S.RUNNING, S.AWAITING_GUIDANCE, S.STOPPING}),
+    S.FAILED: frozenset({S.PLANNING, S.RUNNING, S.STOPPING, S.CLOSING}),
+    S.STOPPING: frozenset({S.STOPPED, S.FAILED}),
+    S.STOPPED: frozenset({S.PLANNING, S.RUNNING, S.CLOSING}),
+    S.CLOSING: frozenset({S.CLOSED, S.FAILED, S.COMPLETED}),
+    S.CLOSED: frozenset(),
+}
+TERMINAL = frozenset({S.CLOSED})
+LIVE = frozenset({S.RUNNING, S.AWAITING_GUIDANCE, S.COMPLETED, S.PAUSED})  # agents should be up
+
+
+class RunError(Refusal):
+    """A refused run command (HTTP 400 unless ``status`` says otherwise)."""
+
+    code = "run_failed"
+    status = 400
+
+    def __init__(self, message: str, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, code)
+        if status is not None:
+            self.status = status
+
+
+class RunNotFound(RunError):
+    code = "run_not_found"
+    status = 404
+
+
+class GateBlocked(RunError):
+    """A close gate refused (exit 1 in the CLI: a runtime condition, not bad usage)."""
+
+    code = "close_blocked"
+    status = 409
+
+
+def transition_allowed(from_status: str, to_status: str) -> bool:
+    return RunStatus(to_status) in TRANSITIONS[RunStatus(from_status)]
+
+
+def transition_error(run_id: str, from_status: str, to_status: str) -> RunError:
+    return RunError(f"run {run_id}: transition {from_status} -> {to_status} is not allowed", code="run_transition_refused")
+
+
+# -- spec ---------------------------------------------------------------------------------------
+
+
+class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    profile: str
+    runner: str
+    command: list[str]  # argv, resolved at run creation and frozen
+
+
+class QA(msgspec.Struct, frozen=True, kw_only=True):
+    question: str
+    answer: str
+
+
+class Brief(msgspec.Struct, frozen=True, kw_only=True):
+    goal: str
+    scope: str
+    done_criteria: str
+    constraints: str
+    merge_intent: str
+    qa: list[QA] = []
+
+
+BRIEF_FIELDS: tuple[tuple[str, str], ...] = (
+    ("goal", "Goal"),
+    ("scope", "Scope"),
+    ("done_criteria", "Done criteria"),
+    ("constraints", "Constraints"),
+    ("merge_intent", "Merge intent"),
+)
+
+
+class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    mode: Literal["run", "bootstrap"]
+    tickets: list[str]
+    repos: list[str]
+    doc_home_repo: str
+    doc_seed_mode: str
+    base_branch: str
+    workspace_strategy: str
+    agents: list[AgentSpec]
+    policy_path: str
+    dry_run: bool
+    created_at: str
+    cwd: str  # where repo names are resolved (the caller's directory)
+    server_url: str
+    workspace_root: str
+    workspace_provider: str
+    docs_provider: str
+    tmux_socket: str
+    session_pattern: str
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class BriefRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    goal: str = ""
+    scope: str = ""
+    done_criteria: str = ""
+    constraints: str = ""
+    merge_intent: str = ""
+    qa: list[QA] = []
+
+
+class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /api/v1/runs: start a run (or only plan it with ``dry_run``)."""
+
+    mode: Annotated[str, msgspec.Meta(extra_json_schema={"enum": ["run", "bootstrap"]})] = "run"
+    tickets: list[NonEmpty]
+    repos: list[NonEmpty]
+    doc_home_repo: str = ""
+    base_branch: str = ""
+    workspace_strategy: str = ""
+    agents: list[str] = []  # agent names from the policy; empty = all of them
+    cwd: str = ""  # directory repo names are resolved from; default: the daemon's
+    dry_run: bool = False
+    brief: BriefRequest | None = None
+
+
+class RunActionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Options of POST /api/v1/runs/{run_id}/{action}."""
+
+    agent: str = ""  # restart: only this agent
+    keep_workspaces: bool = False  # cleanup
+    merge: bool = False  # close: merge workspace branches into the base branch
+    dry_run: bool = False
+
+
+# -- snapshots ----------------------------------------------------------------------------------
+
+
+class StepView(msgspec.Struct, kw_only=True, omit_defaults=True):
+    ordinal: int
+    ticket: str = ""
+    name: str
+    status: str
+    attempts: int = 0
+    error: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class AgentView(msgspec.Struct, kw_only=True, omit_defaults=True):
+    name: str
+    workspace: str
+    session: str = ""
+    socket: str = ""
+    workspace_path: str = ""
+    status: str
+    health: str = ""
+    pane_pid: int | None = None
+    last_activity_at: str | None = None
+    last_activity_age_seconds: float | None = None
+    restarts_used: int = 0
+    restarts_left: int | None = None
+    last_error: str = ""
+    completion_signalled: bool = False
+    completion_summary: str = ""
+    validation_status: str = ""
+    validation_done_criteria: str = ""
+
+
+class PendingGuidance(msgspec.Struct, kw_only=True, omit_defaults=True):
+    agent_name: str
+    question: str
+    context: str = ""
+    thread_id: str = ""
+    answer_command: str
+
+
+class ForumCounts(msgspec.Struct, kw_only=True):
+    threads: int
+    open_threads: int
+    unanswered: int
+
+
+class RunSnapshot(msgspec.Struct, kw_only=True, omit_defaults=True):
+    run_id: str
+    mode: str
+    status: str
+    tickets: list[str]
+    repos: list[str]
+    created_at: str
+    updated_at: str
+    error: str = ""
+    dry_run: bool = False
+    agents: list[AgentView] = []
+    steps: list[StepView] = []
+    pending_guidance: list[PendingGuidance] = []
+    forum: ForumCounts | None = None
+    brief: Brief | None = None
+    workspace_root: str = ""
+
+
+class RunResponse(msgspec.Struct, kw_only=True):
+    run: RunSnapshot
+
+
+class RunsResponse(msgspec.Struct, kw_only=True):
+    runs: list[RunSnapshot]

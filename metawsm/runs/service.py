@@ -1,0 +1,74 @@
+"""Runs as the HTTP layer sees them: create, read, act, inspect (reads never ask actors)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from metawsm.actors.node import ActorNode
+from metawsm.actors.runs.messages import RUNS, CreateRun, RunCommand, run_path
+from metawsm.actors.system import ActorSystem
+from metawsm.runs import store
+from metawsm.runs.model import RunActionRequest, RunError, RunNotFound, RunRequest, RunSnapshot
+from metawsm.runs.snapshot import build_snapshot
+from metawsm.services import Services
+
+T = TypeVar("T")
+CREATE_TIMEOUT = 300.0
+ACTION_TIMEOUT = 120.0
+
+
+class RunsService:
+    def __init__(self, system: ActorSystem, services: Services) -> None:
+        self.system = system
+        self.services = services
+        self.restart_budget = services.policy.operator.restart_budget
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="runs-read")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _read(self, query: Callable[[Any], T]) -> T:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.services.db.connect()
+        return query(conn)
+
+    async def read(self, query: Callable[[Any], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._read, query)
+
+    async def snapshot(self, run_id: str) -> RunSnapshot:
+        return await self.read(lambda conn: build_snapshot(conn, run_id, self.restart_budget))
+
+    async def list(self, ticket: str | None = None, status: str | None = None) -> list[RunSnapshot]:
+        def query(conn: Any) -> list[RunSnapshot]:
+            return [build_snapshot(conn, run_id, self.restart_budget) for run_id in store.list_run_ids(conn, ticket, status)]
+
+        return await self.read(query)
+
+    async def create(self, request: RunRequest) -> RunSnapshot:
+        result = await self.system.ask_async(RUNS, CreateRun(request), timeout=CREATE_TIMEOUT)
+        if isinstance(result, RunSnapshot):
+            return result  # a dry run: the plan, nothing stored
+        return await self.snapshot(result)
+
+    async def act(self, run_id: str, action: str, options: RunActionRequest) -> Any:
+        await self.read(lambda conn: store.load_run(conn, run_id))  # 404 before anything else
+        result = await self.system.ask_async(RUNS, RunCommand(run_id, action, options), timeout=ACTION_TIMEOUT)
+        if isinstance(result, dict):
+            return result  # cleanup summary
+        return await self.snapshot(run_id)
+
+    async def actors(self, run_id: str) -> ActorNode:
+        run = await self.read(lambda conn: store.load_run(conn, run_id))
+        node = self.system.inspect().find(run_path(run_id))
+        if node is not None:
+            return node
+        return ActorNode(name=f"Run[{run_id}]", path=run_path(run_id), kind="run", state="stopped",
+                         details={"run_id": run_id, "status": run.status})
+
+
+__all__ = ["RunError", "RunNotFound", "RunsService"]

@@ -1,0 +1,232 @@
+"""SQL for the run tables: runs, run_steps, run_agents, run_briefs, events.
+
+Status changes are compare-and-set (``UPDATE ... WHERE status = ?``) and each one is
+recorded in ``events`` in the same transaction, so two writers can never both move a run.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Iterable
+
+import msgspec
+
+from metawsm.clock import now_text
+from metawsm.runs.model import Brief, RunNotFound, RunSpec, transition_allowed, transition_error
+from metawsm.store import write_transaction
+
+_spec_decoder = msgspec.json.Decoder(RunSpec)
+_brief_qa = msgspec.json.Decoder(list[dict[str, str]])
+
+
+class RunRow(msgspec.Struct, frozen=True):
+    run_id: str
+    mode: str
+    status: str
+    spec: RunSpec
+    error: str
+    created_at: str
+    updated_at: str
+
+
+class StepRow(msgspec.Struct, frozen=True):
+    ordinal: int
+    ticket: str
+    name: str
+    status: str
+    attempts: int
+    error: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class AgentRow(msgspec.Struct, frozen=True):
+    run_id: str
+    agent_name: str
+    workspace: str
+    session_name: str
+    tmux_socket: str
+    workspace_path: str
+    status: str
+    health: str
+    pane_pid: int | None
+    restarts_used: int
+    last_activity_at: str | None
+    last_progress_at: str | None
+    last_error: str
+    updated_at: str
+
+
+def insert_run(
+    conn: sqlite3.Connection,
+    spec: RunSpec,
+    steps: Iterable[tuple[str, str]],
+    agents: Iterable[tuple[str, str, str, str]],
+    brief: Brief | None,
+) -> None:
+    """Create a run in ``created`` with its steps, agents and brief (caller's transaction)."""
+    now = spec.created_at
+    conn.execute(
+        "INSERT INTO runs (run_id, mode, status, tickets_json, repos_json, spec_json, error, created_at, updated_at)"
+        " VALUES (?, ?, 'created', ?, ?, ?, '', ?, ?)",
+        (spec.run_id, spec.mode, msgspec.json.encode(spec.tickets).decode(), msgspec.json.encode(spec.repos).decode(),
+         msgspec.json.encode(spec).decode(), now, now),
+    )
+    conn.executemany(
+        "INSERT INTO run_steps (run_id, ordinal, ticket, name, status, attempts, error) VALUES (?, ?, ?, ?, 'pending', 0, '')",
+        [(spec.run_id, ordinal, ticket, name) for ordinal, (ticket, name) in enumerate(steps, start=1)],
+    )
+    conn.executemany(
+        "INSERT INTO run_agents (run_id, agent_name, workspace, session_name, tmux_socket, workspace_path, status,"
+        " health, restarts_used, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', '', 0, ?)",
+        [(spec.run_id, name, workspace, session, spec.tmux_socket, path, now) for name, workspace, session, path in agents],
+    )
+    if brief is not None:
+        conn.execute(
+            "INSERT INTO run_briefs (run_id, ticket, goal, scope, done_criteria, constraints, merge_intent, qa_json,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (spec.run_id, spec.tickets[0], brief.goal, brief.scope, brief.done_criteria, brief.constraints,
+             brief.merge_intent, msgspec.json.encode(brief.qa).decode(), now),
+        )
+    record_event(conn, spec.run_id, "created", "", "created", f"{spec.mode} run for {', '.join(spec.tickets)}")
+
+
+def record_event(conn: sqlite3.Connection, run_id: str, kind: str, from_status: str, to_status: str, message: str) -> None:
+    conn.execute(
+        "INSERT INTO events (run_id, at, kind, from_status, to_status, message) VALUES (?, ?, ?, ?, ?, ?)",
+        (run_id, now_text(), kind, from_status, to_status, message),
+    )
+
+
+def transition(conn: sqlite3.Connection, run_id: str, to_status: str, message: str = "", error: str | None = None) -> str:
+    """Move the run to ``to_status`` if the table allows it; returns the previous status."""
+    with write_transaction(conn):
+        row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"run {run_id} not found")
+        current = row[0]
+        if current == to_status:
+            return current
+        if not transition_allowed(current, to_status):
+            raise transition_error(run_id, current, to_status)
+        params: list[Any] = [to_status, now_text()]
+        sql = "UPDATE runs SET status = ?, updated_at = ?"
+        if error is not None:
+            sql += ", error = ?"
+            params.append(error)
+        sql += " WHERE run_id = ? AND status = ?"
+        changed = conn.execute(sql, (*params, run_id, current)).rowcount
+        if not changed:  # pragma: no cover - BEGIN IMMEDIATE serialises writers
+            raise transition_error(run_id, current, to_status)
+        record_event(conn, run_id, "transition", current, to_status, message or error or "")
+    return current
+
+
+def load_run(conn: sqlite3.Connection, run_id: str) -> RunRow:
+    row = conn.execute(
+        "SELECT run_id, mode, status, spec_json, error, created_at, updated_at FROM runs WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    if row is None:
+        raise RunNotFound(f"run {run_id} not found")
+    return RunRow(row[0], row[1], row[2], _spec_decoder.decode(row[3]), row[4] or "", row[5], row[6])
+
+
+def list_run_ids(conn: sqlite3.Connection, ticket: str | None = None, status: str | None = None) -> list[str]:
+    sql = "SELECT run_id, tickets_json FROM runs"
+    params: list[Any] = []
+    if status:
+        sql += " WHERE status = ?"
+        params.append(status)
+    sql += " ORDER BY created_at DESC, run_id DESC"
+    rows = conn.execute(sql, params).fetchall()
+    if ticket:
+        rows = [r for r in rows if ticket in msgspec.json.decode(r[1])]
+    return [r[0] for r in rows]
+
+
+def latest_run_for_ticket(conn: sqlite3.Connection, ticket: str) -> str:
+    ids = list_run_ids(conn, ticket=ticket)
+    if not ids:
+        raise RunNotFound(f"no run found for ticket {ticket}")
+    return ids[0]
+
+
+def non_terminal_run_ids(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT run_id FROM runs WHERE status != 'closed' ORDER BY created_at").fetchall()]
+
+
+def steps(conn: sqlite3.Connection, run_id: str) -> list[StepRow]:
+    rows = conn.execute(
+        "SELECT ordinal, ticket, name, status, attempts, error, started_at, finished_at FROM run_steps"
+        " WHERE run_id = ? ORDER BY ordinal",
+        (run_id,),
+    ).fetchall()
+    return [StepRow(r[0], r[1] or "", r[2], r[3], r[4], r[5] or "", r[6], r[7]) for r in rows]
+
+
+def update_step(conn: sqlite3.Connection, run_id: str, ordinal: int, status: str, error: str = "") -> None:
+    now = now_text()
+    with write_transaction(conn):
+        if status == "running":
+            conn.execute(
+                "UPDATE run_steps SET status = ?, attempts = attempts + 1, started_at = COALESCE(started_at, ?), error = ''"
+                " WHERE run_id = ? AND ordinal = ?",
+                (status, now, run_id, ordinal),
+            )
+        else:
+            conn.execute(
+                "UPDATE run_steps SET status = ?, error = ?, finished_at = ? WHERE run_id = ? AND ordinal = ?",
+                (status, error, now, run_id, ordinal),
+            )
+
+
+def reset_steps(conn: sqlite3.Connection, run_id: str) -> None:
+    with write_transaction(conn):
+        conn.execute(
+            "UPDATE run_steps SET status = 'pending', error = '', started_at = NULL, finished_at = NULL"
+            " WHERE run_id = ? AND status != 'done'",
+            (run_id,),
+        )
+
+
+def agents(conn: sqlite3.Connection, run_id: str) -> list[AgentRow]:
+    rows = conn.execute(
+        "SELECT run_id, agent_name, workspace, session_name, tmux_socket, workspace_path, status, health, pane_pid,"
+        " restarts_used, last_activity_at, last_progress_at, last_error, updated_at FROM run_agents WHERE run_id = ?"
+        " ORDER BY workspace, agent_name",
+        (run_id,),
+    ).fetchall()
+    return [AgentRow(*(r[i] if r[i] is not None or i in (8, 10, 11) else "" for i in range(14))) for r in rows]
+
+
+def update_agent(conn: sqlite3.Connection, run_id: str, agent_name: str, workspace: str, **fields: Any) -> None:
+    if not fields:
+        return
+    fields["updated_at"] = now_text()
+    columns = ", ".join(f"{name} = ?" for name in fields)
+    with write_transaction(conn):
+        conn.execute(
+            f"UPDATE run_agents SET {columns} WHERE run_id = ? AND agent_name = ? AND workspace = ?",
+            (*fields.values(), run_id, agent_name, workspace),
+        )
+
+
+def brief(conn: sqlite3.Connection, run_id: str) -> Brief | None:
+    row = conn.execute(
+        "SELECT goal, scope, done_criteria, constraints, merge_intent, qa_json FROM run_briefs WHERE run_id = ?",
+        (run_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    from metawsm.runs.model import QA
+
+    qa = [QA(question=item.get("question", ""), answer=item.get("answer", "")) for item in _brief_qa.decode(row[5] or "[]")]
+    return Brief(goal=row[0], scope=row[1], done_criteria=row[2], constraints=row[3], merge_intent=row[4], qa=qa)
+
+
+def run_events(conn: sqlite3.Connection, run_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT at, kind, from_status, to_status, message FROM events WHERE run_id = ? ORDER BY id DESC LIMIT ?",
+        (run_id, limit),
+    ).fetchall()
+    return [{"at": r[0], "kind": r[1], "from": r[2], "to": r[3], "message": r[4]} for r in rows]
