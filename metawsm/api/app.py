@@ -8,7 +8,7 @@ import uuid
 from aiohttp import web
 
 from metawsm.actors.errors import ActorError
-from metawsm.api import forum_routes, runs_routes, stream, system_routes
+from metawsm.api import forum_routes, runs_routes, stream, system_routes, web_routes
 from metawsm.api.codec import MAX_BODY_BYTES
 from metawsm.api.context import CONTEXT, ApiContext
 from metawsm.api.errors import ApiError, error_response
@@ -22,10 +22,12 @@ log = logging.getLogger("metawsm.api")
 
 def route_table() -> RouteTable:
     table = RouteTable()
-    table.extend(system_routes.routes())
+    ui = {(route.method, route.path) for route in web_routes.routes()}  # the UI's "/" replaces the placeholder
+    table.extend([route for route in system_routes.routes() if (route.method, route.path) not in ui])
     table.extend(forum_routes.routes())
     table.extend(stream.routes())
     table.extend(runs_routes.routes())
+    table.extend(web_routes.routes())
     return table
 
 
@@ -72,5 +74,6 @@ def build_app(ctx: ApiContext) -> web.Application:
     app[CONTEXT] = ctx
     table = route_table()
     table.install(app)
+    web_routes.install_assets(app)  # /ui/* files: not API, so not in the OpenAPI document
     app[OPENAPI] = build_openapi(table)
     return app

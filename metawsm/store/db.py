@@ -10,7 +10,13 @@ so the rules below hold everywhere:
   issue ``BEGIN`` ourselves through :func:`write_transaction` / :func:`read_transaction`;
 * ``check_same_thread=True``: each actor owns its own connection, and a connection that
   leaks to another thread fails loudly instead of corrupting a transaction;
-* ``foreign_keys=ON`` and ``synchronous=FULL`` (what ships; benchmarks may pass NORMAL).
+* ``foreign_keys=ON`` and ``synchronous=FULL`` (what ships; benchmarks may pass NORMAL);
+* one **write gate** per database file and process: :func:`write_transaction` queues on a
+  FIFO Python lock before ``BEGIN IMMEDIATE``, so the daemon's own writers (intake, relay,
+  handler, four projections, ...) take turns in arrival order instead of meeting in
+  SQLite's busy handler, which sleeps in steps of up to 25 ms (a wait of 1 + 2 + 5 + 10 ms
+  for a lock that is free again after 0.3 ms).  Other processes (CLIs, tests) still
+  meet the daemon in the busy handler, as before.
 
 Nothing outside ``metawsm.store`` should call ``sqlite3.connect``: keeping the store behind
 this module is what keeps a later move to PostgreSQL a change in one package.
@@ -22,7 +28,9 @@ import); only migrations that actually have work to do pay for it.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +54,78 @@ class StoreError(Exception):
         super().__init__(f"cannot open database {self.path}: {reason}")
 
 
+class WriteGate:
+    """A FIFO lock, re-entrant per thread, taken around every write transaction of one file.
+
+    Waiters are served in arrival order (the releasing thread hands the gate to the oldest
+    waiter), so a busy writer cannot starve the others.  Re-entrant because SQLite itself
+    would let one thread block on its own second connection: that keeps its old behaviour
+    (the busy timeout, then ``database is locked``) rather than becoming a deadlock here.
+    """
+
+    __slots__ = ("_mutex", "_owner", "_depth", "_waiters")
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._owner: int | None = None
+        self._depth = 0
+        self._waiters: deque[tuple[int, threading.Lock]] = deque()
+
+    def acquire(self, timeout: float) -> bool:
+        me = threading.get_ident()
+        with self._mutex:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            if self._owner is None and not self._waiters:
+                self._owner, self._depth = me, 1
+                return True
+            ticket = threading.Lock()
+            ticket.acquire()
+            self._waiters.append((me, ticket))
+        if ticket.acquire(timeout=timeout):
+            return True  # handed over by release(): we own it now
+        with self._mutex:
+            if self._owner == me:  # handed over just as the wait timed out
+                return True
+            self._waiters.remove((me, ticket))
+            return False
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("write gate released by a thread that does not hold it")
+            self._depth -= 1
+            if self._depth:
+                return
+            if self._waiters:
+                owner, ticket = self._waiters.popleft()
+                self._owner, self._depth = owner, 1
+                ticket.release()
+            else:
+                self._owner = None
+
+
+_gates: dict[str, WriteGate] = {}
+_gates_lock = threading.Lock()
+
+
+def write_gate(path: str | Path) -> WriteGate:
+    """The process-wide write gate of the database file at ``path``."""
+    key = str(Path(path).resolve())
+    with _gates_lock:
+        gate = _gates.get(key)
+        if gate is None:
+            gate = _gates[key] = WriteGate()
+        return gate
+
+
+class StoreConnection(sqlite3.Connection):
+    """A ``sqlite3.Connection`` that knows the write gate of its file (None: in-memory)."""
+
+    write_gate: WriteGate | None = None
+
+
 def _normalise_synchronous(synchronous: str) -> str:
     mode = synchronous.strip().upper()
     if mode not in SYNCHRONOUS_MODES:
@@ -64,13 +144,17 @@ def _connect_file(path: Path, read_only: bool) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
         target = str(path)
         uri = False
-    return sqlite3.connect(
+    conn = sqlite3.connect(
         target,
         uri=uri,
         isolation_level=None,
         check_same_thread=True,
         timeout=BUSY_TIMEOUT_MS / 1000,
+        factory=StoreConnection,
     )
+    if not read_only:
+        conn.write_gate = write_gate(path)
+    return conn
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -168,24 +252,34 @@ def _refuse_nesting(conn: sqlite3.Connection, what: str) -> None:
 def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` … ``COMMIT``; ``ROLLBACK`` and re-raise on any exception.
 
-    IMMEDIATE takes the write lock up front, where the busy timeout applies. A deferred
+    The connection's process-wide write gate is taken first (FIFO among this process's
+    writers, same 10 s budget as the busy timeout), then IMMEDIATE takes SQLite's write lock
+    up front, where the busy timeout applies. A deferred
     transaction that reads first and writes later can instead fail at once with
     ``database is locked`` (SQLITE_BUSY_SNAPSHOT) when another writer committed in between,
     and no timeout helps. ``BaseException`` is included so that a KeyboardInterrupt or an
     actor being torn down never leaves a half-done transaction on the connection.
     """
     _refuse_nesting(conn, "write_transaction")
-    conn.execute("BEGIN IMMEDIATE")
+    gate: WriteGate | None = getattr(conn, "write_gate", None)
+    if gate is not None and not gate.acquire(BUSY_TIMEOUT_MS / 1000):
+        # What SQLite's busy handler would have said after the same wait.
+        raise sqlite3.OperationalError("database is locked")
     try:
-        yield conn
-    except BaseException as exc:
-        _rollback_quietly(conn, exc)
-        raise
-    try:
-        conn.execute("COMMIT")
-    except BaseException as exc:
-        _rollback_quietly(conn, exc)
-        raise
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException as exc:
+            _rollback_quietly(conn, exc)
+            raise
+        try:
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            _rollback_quietly(conn, exc)
+            raise
+    finally:
+        if gate is not None:
+            gate.release()
 
 
 @contextmanager

@@ -1,0 +1,85 @@
+"""The web UI: ``GET /`` (the page) and ``GET /ui/<file>`` (its ES modules and stylesheet).
+
+The files live in the package (``metawsm/web/``, shipped as package data) and are served as
+they are: there is no front-end build step at install or start time.  ``/`` is part of the
+route table (and so of the OpenAPI document, as before); the ``/ui/`` asset route is not API and
+is installed next to the table by :func:`install_assets`, so the document keeps listing only
+the routes of api.md.
+
+Every response carries a Content-Security-Policy that only allows this daemon as a source
+(scripts, styles, fetch and the WebSocket): the UI makes no external network request, and the
+browser refuses one if a change ever tried.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from importlib.abc import Traversable
+
+from aiohttp import web
+
+from metawsm.api.errors import ApiError
+from metawsm.api.registry import Route
+
+ASSET_PREFIX = "/ui/"
+_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".json": "application/json",
+}
+
+
+def web_root() -> Traversable:
+    return resources.files("metawsm").joinpath("web")
+
+
+def _headers(request: web.Request, content_type: str) -> dict[str, str]:
+    host = request.host
+    return {
+        "Content-Type": content_type,
+        # Always revalidate: after an upgrade and restart the browser must not mix old and new modules.
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Content-Security-Policy": (
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            f"connect-src 'self' ws://{host} wss://{host}; base-uri 'none'; form-action 'self'; "
+            "frame-ancestors 'none'"
+        ),
+    }
+
+
+def _read(name: str) -> bytes:
+    if not _NAME.match(name) or ".." in name:
+        raise ApiError(404, "not_found", f"no UI file {name!r}")
+    suffix = name[name.rfind("."):] if "." in name else ""
+    if suffix not in CONTENT_TYPES:
+        raise ApiError(404, "not_found", f"no UI file {name!r}")
+    entry = web_root().joinpath(name)
+    if not entry.is_file():
+        raise ApiError(404, "not_found", f"no UI file {name!r}")
+    return entry.read_bytes()
+
+
+async def index(request: web.Request) -> web.Response:
+    body = _read("index.html")
+    return web.Response(body=body, headers=_headers(request, CONTENT_TYPES[".html"]))
+
+
+async def asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = _read(name)
+    return web.Response(body=body, headers=_headers(request, CONTENT_TYPES[name[name.rfind("."):]]))
+
+
+def routes() -> list[Route]:
+    return [Route("GET", "/", index, "Web UI", "system", responses={200: "text/html"})]
+
+
+def install_assets(app: web.Application) -> None:
+    """``GET /ui/{name}``: the UI's static files (kept out of the OpenAPI document: not API)."""
+    app.router.add_get(ASSET_PREFIX + "{name}", asset, allow_head=True)
