@@ -18,6 +18,8 @@ import redis
 
 from metawsm.actors.forum.tree import forum_supervisor_spec
 from metawsm.actors.redis_server import RedisServer
+from metawsm.actors.runs.sink import RunsSink
+from metawsm.actors.runs.supervisor import RunSupervisor
 from metawsm.actors.supervisor import ChildSpec, Strategy, Supervisor
 from metawsm.actors.system import ActorSystem
 from metawsm.policy import Policy, redacted_redis_url
@@ -143,6 +145,8 @@ class Daemon:
         if self.redis.process is not None:
             children.append(ChildSpec.of(RedisServer, id="redis", name="RedisServer", shutdown_timeout=10))
         children.append(forum_supervisor_spec())
+        children.append(ChildSpec.of(RunSupervisor, id="runs", name="RunSupervisor", shutdown_timeout=30))
+        services.sinks.add(RunsSink(system))
         system.start(ChildSpec.of(Supervisor, id="root", name="RootSupervisor", strategy=Strategy.ONE_FOR_ONE,
                                   children=children))
         self.system = system

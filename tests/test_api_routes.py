@@ -457,15 +457,16 @@ def test_bad_query_parameters_are_400_with_their_code(api: Api, path: str, code:
 # -- runs (not hosted yet) ------------------------------------------------------------------------
 
 
-def test_runs_do_not_exist_yet(api: Api) -> None:
+def test_unknown_runs_are_404_and_bad_run_requests_400(api: Api) -> None:
     assert api.ok("GET", "/api/v1/runs") == {"runs": []}
     assert api.ok("GET", "/api/v1/runs?ticket=T-1&status=running") == {"runs": []}
+    api.get("/api/v1/runs?status=bogus").error(400, "invalid_filter")
     assert api.get("/api/v1/runs/RUN-1").error(404, "run_not_found") == "run RUN-1 not found"
     api.get("/api/v1/runs/RUN-1/actors").error(404, "run_not_found")
     for action in ("stop", "resume", "restart", "close", "cleanup"):
         api.post(f"/api/v1/runs/RUN-1/{action}", {}).error(404, "run_not_found")
-    message = api.post("/api/v1/runs", {"ticket": "T-1"}).error(404, "runs_unavailable")
-    assert "does not host runs" in message
+    api.post("/api/v1/runs", {"ticket": "T-1"}).error(400, "invalid_json")
+    api.post("/api/v1/runs", {"mode": "bootstrap", "tickets": ["T-1"], "repos": ["r"]}).error(400, "run_brief_incomplete")
 
 
 # -- metrics --------------------------------------------------------------------------------------

@@ -106,10 +106,13 @@ def ui(browser: Any, serve_process: Any) -> Iterator[Ui]:
 def announce(request: pytest.FixtureRequest, text: str) -> None:
     """A line in the test output even when output is captured."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.ensure_newline()
-        reporter.write_line(text)
-    print(text)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.ensure_newline()
+            reporter.write_line(text)
+    else:
+        print(text)
 
 
 # -- talking to the daemon like another client would ------------------------------------------------

@@ -7,7 +7,7 @@ import uuid
 
 from aiohttp import web
 
-from metawsm.actors.errors import ActorError
+from metawsm.actors.errors import ActorError, Refusal
 from metawsm.api import forum_routes, runs_routes, stream, system_routes, web_routes
 from metawsm.api.codec import MAX_BODY_BYTES
 from metawsm.api.context import CONTEXT, ApiContext
@@ -15,7 +15,6 @@ from metawsm.api.errors import ApiError, error_response
 from metawsm.api.openapi import build_openapi
 from metawsm.api.registry import RouteTable
 from metawsm.api.system_routes import OPENAPI
-from metawsm.forum.errors import ForumError
 
 log = logging.getLogger("metawsm.api")
 
@@ -39,9 +38,10 @@ async def errors_middleware(request: web.Request, handler: web.Handler) -> web.S
     except ApiError as error:
         metrics.observe_error(error.status)
         return error_response(error.status, error.code, error.message)
-    except ForumError as error:
-        metrics.observe_error(error.status)
-        return error_response(error.status, error.code, error.message)
+    except Refusal as error:  # ForumError, RunError, ...: the caller's fault
+        status = int(getattr(error, "status", 400))
+        metrics.observe_error(status)
+        return error_response(status, error.code, error.message)
     except ActorError as error:
         metrics.observe_error(503)
         return error_response(503, "unavailable", str(error))

@@ -1,63 +1,89 @@
-"""Run routes.  Until runs are hosted by the daemon no run exists: every run id answers 404
-``run_not_found`` and starting a run answers 404 ``runs_unavailable`` with a sentence saying so
-(never 405: the route exists, the feature does not yet)."""
+"""Run routes: start (or plan) a run, list and read snapshots, act on a run, inspect its actors."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from metawsm.api.codec import json_response, parse_query
+from metawsm.api.codec import json_response, parse_query, read_body
 from metawsm.api.context import context
 from metawsm.api.errors import ApiError, ErrorResponse
 from metawsm.api.registry import Route
+from metawsm.api.schemas import ActorsResponse
+from metawsm.runs.model import RunActionRequest, RunRequest, RunResponse, RunsResponse, RunStatus
 
 RUN_ACTIONS = ("stop", "resume", "restart", "close", "cleanup")
+STATUSES = [s.value for s in RunStatus]
 
 
 class RunsQuery(msgspec.Struct, kw_only=True):
     ticket: str | None = None
-    status: str | None = None
+    status: str | None = msgspec.field(default=None)
 
 
-class RunsResponse(msgspec.Struct, kw_only=True):
-    runs: list[dict[str, Any]]
+class CleanupSummary(msgspec.Struct, kw_only=True):
+    run_id: str
+    sessions: list[str]
+    workspaces: list[str]
+    kept_workspaces: bool
+    dry_run: bool
+
+
+class CleanupResponse(msgspec.Struct, kw_only=True):
+    cleanup: CleanupSummary
+
+
+def _runs(request: web.Request):  # type: ignore[no-untyped-def]
+    runs = context(request).runs
+    if runs is None:
+        raise ApiError(503, "unavailable", "runs are not available in this daemon")
+    return runs
 
 
 async def list_runs(request: web.Request) -> web.Response:
-    parse_query(request, RunsQuery)
-    runs = context(request).runs
-    if runs is None:
-        return json_response(RunsResponse(runs=[]))
-    return await runs.list_runs(request)
+    query = parse_query(request, RunsQuery)
+    if query.status and query.status not in STATUSES:
+        raise ApiError(400, "invalid_filter", f'invalid status "{query.status}": must be one of {", ".join(STATUSES)}')
+    snapshots = await _runs(request).list(query.ticket or None, query.status or None)
+    return json_response(RunsResponse(runs=snapshots))
 
 
 async def start_run(request: web.Request) -> web.Response:
-    runs = context(request).runs
-    if runs is None:
-        raise ApiError(404, "runs_unavailable", "this daemon does not host runs yet; starting a run is not available")
-    return await runs.dispatch(request)
+    body = await read_body(request, RunRequest)
+    snapshot = await _runs(request).create(body)
+    return json_response(RunResponse(run=snapshot))
 
 
-async def _unknown(request: web.Request) -> web.Response:
-    run_id = request.match_info.get("run_id", "")
-    runs = context(request).runs
-    if runs is None:
-        raise ApiError(404, "run_not_found", f"run {run_id} not found")
-    return await runs.dispatch(request)
+async def get_run(request: web.Request) -> web.Response:
+    snapshot = await _runs(request).snapshot(request.match_info["run_id"])
+    return json_response(RunResponse(run=snapshot))
+
+
+async def act(request: web.Request) -> web.Response:
+    body = await read_body(request, RunActionRequest)
+    result = await _runs(request).act(request.match_info["run_id"], request.match_info["action"], body)
+    if isinstance(result, dict):
+        return json_response(CleanupResponse(cleanup=CleanupSummary(**result)))
+    return json_response(RunResponse(run=result))
+
+
+async def run_actors(request: web.Request) -> web.Response:
+    node = await _runs(request).actors(request.match_info["run_id"])
+    return json_response(ActorsResponse(actors=node))
 
 
 def routes() -> list[Route]:
+    errors = {400: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse, 503: ErrorResponse}
     return [
-        Route("GET", "/api/v1/runs", list_runs, "Run snapshots", "runs", query=RunsQuery,
-              responses={200: RunsResponse}),
-        Route("POST", "/api/v1/runs", start_run, "Start a run or a bootstrap (not hosted yet)", "runs",
-              responses={404: ErrorResponse}),
-        Route("GET", "/api/v1/runs/{run_id}", _unknown, "One run", "runs", responses={404: ErrorResponse}),
-        Route("POST", "/api/v1/runs/{run_id}/{action:" + "|".join(RUN_ACTIONS) + "}", _unknown, "stop, resume, restart, close or cleanup a run",
-              "runs", path_enums={"action": list(RUN_ACTIONS)}, responses={404: ErrorResponse}),
-        Route("GET", "/api/v1/runs/{run_id}/actors", _unknown, "The run's actor subtree", "runs",
-              responses={404: ErrorResponse}),
+        Route("GET", "/api/v1/runs", list_runs, "Run snapshots, newest first", "runs", query=RunsQuery,
+              responses={200: RunsResponse, 400: ErrorResponse}),
+        Route("POST", "/api/v1/runs", start_run, "Start a run or a bootstrap (or plan it with dry_run)", "runs",
+              body=RunRequest, responses={200: RunResponse, **errors}),
+        Route("GET", "/api/v1/runs/{run_id}", get_run, "One run", "runs",
+              responses={200: RunResponse, 404: ErrorResponse}),
+        Route("POST", "/api/v1/runs/{run_id}/{action:" + "|".join(RUN_ACTIONS) + "}", act,
+              "stop, resume, restart, close or cleanup a run", "runs", body=RunActionRequest,
+              path_enums={"action": list(RUN_ACTIONS)}, responses={200: RunResponse, **errors}),
+        Route("GET", "/api/v1/runs/{run_id}/actors", run_actors, "The run's actor subtree", "runs",
+              responses={200: ActorsResponse, 404: ErrorResponse}),
     ]

@@ -17,6 +17,7 @@ from metawsm.api.metrics import Metrics
 from metawsm.api.stream import StreamHub
 from metawsm.daemon import Daemon
 from metawsm.forum.service import ForumService
+from metawsm.runs.service import RunsService
 
 log = logging.getLogger("metawsm.serve")
 
@@ -53,7 +54,8 @@ async def serve_forever(daemon: Daemon, address: Address, fault_injection: bool)
     hub = StreamHub(forum, loop, float(services.policy.forum.heartbeat_seconds))
     debug_bus = open_bus(services, "api")
     topics = consumed_topics(services)
-    ctx = ApiContext(system=system, services=services, forum=forum, metrics=Metrics(), hub=hub,
+    runs = RunsService(system, services)
+    ctx = ApiContext(system=system, services=services, forum=forum, metrics=Metrics(), hub=hub, runs=runs,
                      fault_injection=fault_injection)
     ctx.extra["describe_topics"] = debug_bus.describe_topics
     ctx.extra["stream_pending"] = lambda: debug_bus.pending_count(topics)
@@ -69,6 +71,7 @@ async def serve_forever(daemon: Daemon, address: Address, fault_injection: bool)
         await runner.cleanup()
         services.sinks.remove(hub)
         forum.close()
+        runs.close()
         debug_bus.close()
         if error.errno == errno.EADDRINUSE:
             reason = "address already in use (another metawsm serve?); pick another --addr HOST:PORT"
@@ -101,6 +104,7 @@ async def serve_forever(daemon: Daemon, address: Address, fault_injection: bool)
     await runner.cleanup()
     await loop.run_in_executor(None, daemon.stop)
     forum.close()
+    runs.close()
     debug_bus.close()
     log.info("stopped")
     return exit_code

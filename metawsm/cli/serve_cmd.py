@@ -70,7 +70,7 @@ def serve(addr: str, db_path: str, policy_path: str, debug: bool) -> None:
         address = Address.parse(addr)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--addr") from None
-    daemon = Daemon(policy, db_path, debug=debug)
+    daemon = Daemon(policy, db_path, debug=debug, policy_path=policy_path, server_url=address.url)
     try:
         daemon.start()
     except StartupError as error:

@@ -80,7 +80,7 @@ class ControlSignalRequest(ActorFields, kw_only=True):
 class SeenRequest(_Request, kw_only=True):
     viewer_type: ViewerTypeText
     viewer_id: str
-    last_seen_event_sequence: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    last_seen_event_sequence: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
 
 
 class RebuildRequest(_Request, kw_only=True):

@@ -25,6 +25,18 @@ STEP_RUN_FILE = "write_run_file"
 STEP_AGENT = "start_agent"
 
 _SAFE = re.compile(r"[^a-z0-9]+")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _checked_names(values: list[str], what: str) -> list[str]:
+    """Tickets and repo names become paths, branches and session names: keep them plain."""
+    names = [v.strip() for v in values if v.strip()]
+    for name in names:
+        if not _NAME.fullmatch(name) or ".." in name:
+            raise RunError(f'invalid {what} "{name}": use letters, digits, ".", "_" or "-" (max 100)', code="invalid_run")
+    if len({n.lower() for n in names}) != len(names):
+        raise RunError(f"duplicate {what} in the request", code="invalid_run")
+    return names
 
 
 @dataclass(frozen=True)
@@ -97,8 +109,8 @@ def plan_run(request: RunRequest, policy: Policy, *, policy_path: str, server_ur
     mode = request.mode
     if mode not in ("run", "bootstrap"):
         raise RunError(f'invalid mode "{mode}": must be run or bootstrap')
-    tickets = [t.strip() for t in request.tickets if t.strip()]
-    repos = [r.strip() for r in request.repos if r.strip()]
+    tickets = _checked_names(request.tickets, "ticket")
+    repos = _checked_names(request.repos, "repo name")
     if not tickets:
         raise RunError("at least one --ticket is required")
     if not repos:

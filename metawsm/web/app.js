@@ -73,6 +73,7 @@ function renderStatus(status, detail) {
 live.on("status", renderStatus);
 live.on("events", (events) => current?.onEvents?.(events));
 live.on("resync", () => current?.resync?.());
+live.on("reconnected", () => current?.reconnected?.());
 
 viewerInput.value = viewerName();
 viewerInput.addEventListener("change", () => setViewerName(viewerInput.value));
@@ -83,6 +84,7 @@ onViewerChange((name) => {
 
 window.addEventListener("hashchange", () => {
   show();
+  window.scrollTo(0, 0);
   main.focus({ preventScroll: true });
 });
 setInterval(() => refreshRelativeTimes(), 30000);

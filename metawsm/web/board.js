@@ -20,7 +20,7 @@ export function mountBoard(root, { live }) {
   let destroyed = false;
   let loading = false;
   let again = false;
-  let loadedOnce = false;
+  let flashNext = false; // highlight cards that arrive through the stream (not after a filter change)
   let generation = 0;
 
   // -- filters --------------------------------------------------------------------------------
@@ -158,6 +158,8 @@ export function mountBoard(root, { live }) {
     }
     loading = true;
     const mine = ++generation;
+    const flash = flashNext;
+    flashNext = false;
     try {
       const [threads, unanswered, unseen] = await Promise.all([
         fetchThreads(), fetchQueueCount("unanswered"), fetchQueueCount("unseen"),
@@ -166,7 +168,7 @@ export function mountBoard(root, { live }) {
       loadError.textContent = "";
       queueCounts.unanswered.textContent = `(${unanswered})`;
       queueCounts.unseen.textContent = `(${unseen})`;
-      render(threads);
+      render(threads, flash);
     } catch (error) {
       if (!destroyed) loadError.textContent = `Could not load threads: ${error.message}`;
     } finally {
@@ -181,7 +183,7 @@ export function mountBoard(root, { live }) {
   const scheduleReload = debounce(reload, REFRESH_DELAY_MS);
 
   // -- rendering ------------------------------------------------------------------------------
-  function render(threads) {
+  function render(threads, flash = false) {
     const shown = threads.filter((t) => !filters.type || threadType(t) === filters.type);
     const groups = { new: [], triaged: [], waiting: [], answered: [], closed: [] };
     for (const thread of shown) groups[groupOf(thread.state)].push(thread);
@@ -189,7 +191,7 @@ export function mountBoard(root, { live }) {
     keepFocus(() => {
       for (const [key, list] of Object.entries(groups)) {
         list.sort((a, b) => (b.updated_at || "").localeCompare(a.updated_at || ""));
-        reconcile(lists[key], list.map((t) => ensureCard(t).li));
+        reconcile(lists[key], list.map((t) => ensureCard(t, flash).li));
         counts[key].textContent = String(list.length);
         empties[key].hidden = list.length > 0;
       }
@@ -203,7 +205,6 @@ export function mountBoard(root, { live }) {
     if (filters.state === "closed") closedDetails.open = true;
     const what = filters.query ? `matching “${filters.query}”` : queue === "all" ? "" : `in your ${queue} queue`;
     status.textContent = `${shown.length} thread${shown.length === 1 ? "" : "s"} ${what}`.trim() + ` · as ${viewerName()}`;
-    loadedOnce = true;
   }
 
   function reconcile(list, nodes) {
@@ -217,12 +218,12 @@ export function mountBoard(root, { live }) {
     return [t.state, t.priority, t.updated_at, t.posts_count, t.assignee_name, t.is_unseen, t.is_unanswered, t.last_event_sequence].join("|");
   }
 
-  function ensureCard(thread) {
+  function ensureCard(thread, flash) {
     let card = cards.get(thread.thread_id);
     if (!card) {
       card = createCard(thread);
       cards.set(thread.thread_id, card);
-      if (loadedOnce) {
+      if (flash) {
         card.li.classList.add("arrived");
         setTimeout(() => card.li.classList.remove("arrived"), 4000);
       }
@@ -351,8 +352,14 @@ export function mountBoard(root, { live }) {
   reload();
 
   return {
-    onEvents() { scheduleReload(); },
+    onEvents() {
+      flashNext = true;
+      scheduleReload();
+    },
     resync() { scheduleReload(); },
+    reconnected() {
+      if (loadError.textContent) scheduleReload(); // a load failed while the daemon was away
+    },
     viewerChanged() { reload(); },
     unmount() {
       destroyed = true;

@@ -24,7 +24,7 @@ export class LiveStream {
     this.ws = null;
     this.attempt = 0;
     this.retryTimer = null;
-    this.handlers = { events: new Set(), status: new Set(), resync: new Set() };
+    this.handlers = { events: new Set(), status: new Set(), resync: new Set(), reconnected: new Set() };
   }
 
   on(kind, fn) {
@@ -78,6 +78,9 @@ export class LiveStream {
     }
     this.ws = ws;
     let gotFrame = false;
+    ws.addEventListener("open", () => {
+      if (this.ws === ws) this.lastFrameAt = Date.now(); // the silence watchdog counts from here
+    });
     ws.addEventListener("message", (message) => {
       if (this.ws !== ws) return;
       this.lastFrameAt = Date.now();
@@ -96,6 +99,7 @@ export class LiveStream {
         // first load and this moment is not replayed, so the views reload once.  With a
         // cursor (every reconnect after the first frame) the catch-up covers the gap instead.
         if (withoutCursor) this.emit("resync");
+        else this.emit("reconnected");
       }
       this.frame(frame);
     });

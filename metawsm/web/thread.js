@@ -234,6 +234,9 @@ export function mountThread(root, threadId, { live }) {
       if (touched) refreshHeader();
     },
     resync() { load(); }, // posts merge by id: a reload never shows one twice
+    reconnected() {
+      if (loadError.textContent) load({ posts: !thread }); // a load failed while the daemon was away
+    },
     viewerChanged() { load({ posts: false }); },
     unmount() {
       destroyed = true;

@@ -26,7 +26,9 @@ def policy_data(redis_url: str, stream: str, **forum: Any) -> dict[str, Any]:
         "heartbeat_seconds": 1,
     }
     forum_section.update(forum)
-    return {"forum": forum_section, "supervision": {"max_restarts": 50, "within_seconds": 10}}
+    # A private tmux server per test daemon, so runs started by a test never touch the user's.
+    return {"forum": forum_section, "supervision": {"max_restarts": 50, "within_seconds": 10},
+            "tmux": {"socket": f"mw-{stream}"}}
 
 
 def make_policy(redis_url: str, stream: str, **forum: Any) -> Policy:

@@ -62,9 +62,10 @@ def _epoch_text(epoch: float | None) -> str | None:
 class TmuxAgent(ManagedActor):
     kind: ClassVar[str] = "tmux_agent"
 
-    def __init__(self, ctx: ActorContext, launch: AgentLaunch, progress: Any = None) -> None:
+    def __init__(self, ctx: ActorContext, launch: AgentLaunch, progress: Any = None, fresh: bool = False) -> None:
         super().__init__(ctx)
         self.launch = launch
+        self.fresh = fresh  # the Run just started the session: watching it is not a re-attach
         self.progress_probe = progress  # callable() -> str fingerprint of workspace changes, or None
 
     def setup(self) -> None:
@@ -88,8 +89,10 @@ class TmuxAgent(ManagedActor):
         if self.watching:
             info = self.tmux.pane_info(self.launch.session)
             if info.session_exists:
-                log.info("agent %s@%s: re-attached to tmux session %s", self.launch.agent.name,
-                         self.launch.workspace, self.launch.session)
+                log.log(logging.DEBUG if self.fresh else logging.INFO, "agent %s@%s: %s tmux session %s",
+                        self.launch.agent.name, self.launch.workspace,
+                        "watching" if self.fresh else "re-attached to", self.launch.session)
+                self.fresh = False
                 self._set(status="running", pane_pid=info.pane_pid)
             self._schedule_polls()
 

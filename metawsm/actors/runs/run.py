@@ -186,7 +186,7 @@ class RunActor(Supervisor):
         if self._slot(child_id) is not None:
             return
         probe = self._progress_probe(workspace)
-        spec = ChildSpec.of(TmuxAgent, launch, probe, id=child_id, name=f"TmuxAgent[{child_id}]",
+        spec = ChildSpec.of(TmuxAgent, launch, probe, fresh, id=child_id, name=f"TmuxAgent[{child_id}]",
                             restart=RestartType.TRANSIENT)
         self._start_child(spec)
 

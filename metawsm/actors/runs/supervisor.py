@@ -21,7 +21,13 @@ from metawsm.runs.cleanup import cleanup_run
 from metawsm.runs.model import RunError, RunStatus
 from metawsm.runs.planner import plan_run
 from metawsm.runs.snapshot import plan_snapshot
+from metawsm.runs.providers.docs import DocsError
+from metawsm.runs.providers.workspace import WorkspaceError
+from metawsm.runs.tmux import TmuxError
+from metawsm.runs.wiring import workspace_provider_for
 from metawsm.store import write_transaction
+
+PROVIDER_ERRORS = (WorkspaceError, DocsError, TmuxError, OSError)
 
 log = logging.getLogger("metawsm.runs")
 
@@ -51,10 +57,12 @@ class RunSupervisor(Supervisor):
         self.conn.close()
 
     def handle(self, message: Any) -> Any:
-        if isinstance(message, CreateRun):
-            return self._create(message)
-        if isinstance(message, RunCommand):
-            return self._route(message)
+        if isinstance(message, (CreateRun, RunCommand)):
+            try:
+                return self._create(message) if isinstance(message, CreateRun) else self._route(message)
+            except PROVIDER_ERRORS as error:
+                # Git, tmux or the filesystem refused: the request fails, the supervisor stays up.
+                raise RunError(str(error) or type(error).__name__) from None
         if isinstance(message, ControlChanged):
             self.system.tell(run_path(message.run_id), message)
             return None
@@ -64,10 +72,9 @@ class RunSupervisor(Supervisor):
         services = self.system.services
         plan = plan_run(message.request, services.policy, policy_path=services.policy_path,
                         server_url=services.server_url, base_dir=Path(services.base_dir))
+        # Resolve every repo now, so a typo fails the request instead of a step later.
+        workspace_provider_for(plan.spec, services.policy).plan(plan.slots[0].workspace, plan.spec.repos)
         if plan.spec.dry_run:
-            from metawsm.runs.wiring import workspace_provider_for
-
-            workspace_provider_for(plan.spec, services.policy).plan(plan.slots[0].workspace, plan.spec.repos)
             return plan_snapshot(plan)
         with write_transaction(self.conn):
             store.insert_run(
