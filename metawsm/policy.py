@@ -14,6 +14,8 @@ on purpose, so that a bad value is reported by that validation message and not b
 
 from __future__ import annotations
 
+from metawsm.defaults import DEFAULT_DB_PATH, DEFAULT_POLICY_PATH
+
 import os
 import re
 import tempfile
@@ -54,8 +56,6 @@ __all__ = [
     "write_default_policy",
 ]
 
-DEFAULT_POLICY_PATH = ".metawsm/policy.json"
-DEFAULT_DB_PATH = ".metawsm/metawsm.db"
 POLICY_VERSION = 2
 
 WORKSPACE_STRATEGIES = ("create", "fork", "reuse")

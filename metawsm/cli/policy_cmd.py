@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from metawsm.cli.main import cli
-from metawsm.policy import DEFAULT_POLICY_PATH, PolicyError, write_default_policy
+from metawsm.defaults import DEFAULT_POLICY_PATH
 
 
 @cli.command("policy-init")
@@ -27,6 +27,8 @@ def policy_init(ctx: click.Context, policy_path: Path, force: bool) -> None:
     Refuses to overwrite an existing file unless --force is given, since the file is meant to
     be hand edited.
     """
+    from metawsm.policy import PolicyError, write_default_policy
+
     try:
         written = write_default_policy(policy_path, force=force)
     except PolicyError as exc:

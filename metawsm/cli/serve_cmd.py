@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
 import click
 
 from metawsm.cli.main import cli
-from metawsm.policy import DEFAULT_DB_PATH, DEFAULT_POLICY_PATH, PolicyError, load_policy
+from metawsm.defaults import DEFAULT_DB_PATH, DEFAULT_POLICY_PATH
 
 EMPTY_URL_RULE = "forum.redis.url cannot be empty"
 
@@ -53,8 +52,11 @@ def serve(addr: str, db_path: str, policy_path: str, debug: bool) -> None:
 
     Stop it with Ctrl-C (SIGINT) or SIGTERM.
     """
+    import asyncio
+
     from metawsm.api.server import Address, StartupFailed, serve_forever
     from metawsm.daemon import Daemon, StartupError
+    from metawsm.policy import PolicyError, load_policy
 
     _configure_logging(debug)
     try:
