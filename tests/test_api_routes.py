@@ -572,6 +572,7 @@ EXPECTED_ACTORS = {
     "root/forum/projections/queue_view": "Projection[queue_view]",
     "root/forum/projections/control_state": "Projection[control_state]",
     "root/forum/broker": "EventBroker",
+    "root/runs": "RunSupervisor",
 }
 NODE_FIELDS = {"name", "path", "kind", "state", "urn", "started_at", "restarts", "processed", "mailbox", "details",
                "children"}

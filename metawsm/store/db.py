@@ -11,9 +11,9 @@ so the rules below hold everywhere:
 * ``check_same_thread=True``: each actor owns its own connection, and a connection that
   leaks to another thread fails loudly instead of corrupting a transaction;
 * ``foreign_keys=ON`` and ``synchronous=FULL`` (what ships; benchmarks may pass NORMAL);
-* one **write gate** per database file and process: :func:`write_transaction` queues on a
-  FIFO Python lock before ``BEGIN IMMEDIATE``, so the daemon's own writers (intake, relay,
-  handler, four projections, ...) take turns in arrival order instead of meeting in
+* one **write gate** per database file and process: :func:`write_transaction` waits on a
+  Python lock before ``BEGIN IMMEDIATE``, so the daemon's own writers (intake, relay,
+  handler, four projections, ...) wake the moment the lock is free instead of meeting in
   SQLite's busy handler, which sleeps in steps of up to 25 ms (a wait of 1 + 2 + 5 + 10 ms
   for a lock that is free again after 0.3 ms).  Other processes (CLIs, tests) still
   meet the daemon in the busy handler, as before.
@@ -30,7 +30,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,55 +54,28 @@ class StoreError(Exception):
 
 
 class WriteGate:
-    """A FIFO lock, re-entrant per thread, taken around every write transaction of one file.
+    """A lock taken around every write transaction of one database file in this process.
 
-    Waiters are served in arrival order (the releasing thread hands the gate to the oldest
-    waiter), so a busy writer cannot starve the others.  Re-entrant because SQLite itself
-    would let one thread block on its own second connection: that keeps its old behaviour
-    (the busy timeout, then ``database is locked``) rather than becoming a deadlock here.
+    Re-entrant per thread, because SQLite itself would let one thread block on its own
+    second connection: that keeps its old behaviour (the busy timeout, then ``database is
+    locked``) rather than becoming a deadlock here.
+
+    Deliberately *not* first-in-first-out: a strict hand-over to the oldest waiter makes
+    every transaction wait for that thread to be scheduled and to get the GIL, a convoy
+    that halved throughput in ``bench/throughput.py``.  A released lock goes to whichever
+    waiter runs first, which keeps the writer that is already on a CPU writing.
     """
 
-    __slots__ = ("_mutex", "_owner", "_depth", "_waiters")
+    __slots__ = ("_lock",)
 
     def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._owner: int | None = None
-        self._depth = 0
-        self._waiters: deque[tuple[int, threading.Lock]] = deque()
+        self._lock = threading.RLock()
 
     def acquire(self, timeout: float) -> bool:
-        me = threading.get_ident()
-        with self._mutex:
-            if self._owner == me:
-                self._depth += 1
-                return True
-            if self._owner is None and not self._waiters:
-                self._owner, self._depth = me, 1
-                return True
-            ticket = threading.Lock()
-            ticket.acquire()
-            self._waiters.append((me, ticket))
-        if ticket.acquire(timeout=timeout):
-            return True  # handed over by release(): we own it now
-        with self._mutex:
-            if self._owner == me:  # handed over just as the wait timed out
-                return True
-            self._waiters.remove((me, ticket))
-            return False
+        return self._lock.acquire(timeout=timeout)
 
     def release(self) -> None:
-        with self._mutex:
-            if self._owner != threading.get_ident():
-                raise RuntimeError("write gate released by a thread that does not hold it")
-            self._depth -= 1
-            if self._depth:
-                return
-            if self._waiters:
-                owner, ticket = self._waiters.popleft()
-                self._owner, self._depth = owner, 1
-                ticket.release()
-            else:
-                self._owner = None
+        self._lock.release()
 
 
 _gates: dict[str, WriteGate] = {}
@@ -252,8 +224,8 @@ def _refuse_nesting(conn: sqlite3.Connection, what: str) -> None:
 def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` … ``COMMIT``; ``ROLLBACK`` and re-raise on any exception.
 
-    The connection's process-wide write gate is taken first (FIFO among this process's
-    writers, same 10 s budget as the busy timeout), then IMMEDIATE takes SQLite's write lock
+    The connection's process-wide write gate is taken first (same 10 s budget as the
+    busy timeout), then IMMEDIATE takes SQLite's write lock
     up front, where the busy timeout applies. A deferred
     transaction that reads first and writes later can instead fail at once with
     ``database is locked`` (SQLITE_BUSY_SNAPSHOT) when another writer committed in between,

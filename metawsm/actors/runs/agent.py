@@ -85,6 +85,7 @@ class TmuxAgent(ManagedActor):
         self._fingerprint: str | None = None
         self._generation = 0
         self._last_write = 0.0
+        self._activity_stored = False  # whether a last_activity_at has been written by this actor
         self.watching = self.status not in ("stopped", "failed", "cleaned")
         if self.watching:
             info = self.tmux.pane_info(self.launch.session)
@@ -235,7 +236,8 @@ class TmuxAgent(ManagedActor):
         if health == "dead" or (health == "stalled" and self.thresholds.restart_stalled):
             self._on_unhealthy(health, now)
             return
-        if changed or self._activity_written_long_ago(now):
+        first_activity = self.last_activity is not None and not self._activity_stored
+        if changed or first_activity or self._activity_written_long_ago(now):
             self._set(health=health, pane_pid=info.pane_pid, last_activity_at=_epoch_text(self.last_activity),
                       last_progress_at=_epoch_text(self.last_progress))
 
@@ -287,6 +289,8 @@ class TmuxAgent(ManagedActor):
             self.health = fields["health"]
         if "last_activity_at" not in fields and self.last_activity is not None:
             fields["last_activity_at"] = _epoch_text(self.last_activity)
+        if fields.get("last_activity_at"):
+            self._activity_stored = True
         self._last_write = time.time()
         store.update_agent(self.conn, self.launch.run_id, self.launch.agent.name, self.launch.workspace, **fields)
 
