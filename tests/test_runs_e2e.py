@@ -20,8 +20,10 @@ from support.agents import (
     BRIEF_FLAGS,
     CRASH_AGENT,
     DONE,
+    FINISH_AGENT,
     GUIDANCE_AGENT,
     LONG_AGENT,
+    QUIET_AGENT,
     RunsEnv,
     branches,
     find_node,
@@ -123,6 +125,18 @@ def test_bootstrap_guidance_completion_close_cleanup(runs_env) -> None:  # noqa:
     assert env.snapshot(run_id)["agents"][0]["status"] == "cleaned"
 
 
+def test_agent_exiting_0_after_completion_is_stopped_not_dead(runs_env) -> None:  # noqa: F811
+    env = runs_env(agent=FINISH_AGENT, done=DONE)
+    run = env.start_run(mode="bootstrap", ticket="T-1")
+    run_id = run["run_id"]
+    env.wait_status(run_id, "completed")
+    agent = env.wait_agent(run_id, lambda a: a["status"] == "stopped", "stopped after exiting 0")
+    assert agent["health"] == "stopped" and agent.get("restarts_used", 0) == 0 and "pane_pid" not in agent
+    assert env.snapshot(run_id)["status"] == "completed"
+    assert env.act(run_id, "close").status == 200
+    assert env.snapshot(run_id)["status"] == "closed" and env.sessions() == []
+
+
 # -- 2. stop and resume --------------------------------------------------------------------------
 
 
@@ -166,7 +180,7 @@ def test_stop_and_resume(runs_env) -> None:  # noqa: F811
 
 
 def test_agent_killed_from_outside_is_restarted(runs_env) -> None:  # noqa: F811
-    env = runs_env(agent=LONG_AGENT)
+    env = runs_env(agent=LONG_AGENT, policy={"operator": {"restart_budget_reset_seconds": 3}})
     run = env.start_run(ticket="T-3")
     run_id, session = run["run_id"], run["agents"][0]["session"]
     first_pid = env.wait_agent(run_id, lambda a: a.get("pane_pid"), "pane pid known")["pane_pid"]
@@ -193,6 +207,35 @@ def test_agent_killed_from_outside_is_restarted(runs_env) -> None:  # noqa: F811
     text = env.cli("status", "--run-id", run_id).stdout
     assert "healthy" in text and "2/3" in text
 
+    # After restart_budget_reset_seconds of good health the budget is full again.
+    env.wait_agent(run_id, lambda a: a.get("restarts_used", 0) == 0 and a["restarts_left"] == 3, "budget refilled",
+                   timeout=15)
+    assert find_node(env.actors(run_id), "TmuxAgent[agent]")["details"]["restarts_left"] == 3
+
+
+def test_silent_agent_goes_idle_then_stalled_without_restarts(runs_env) -> None:  # noqa: F811
+    env = runs_env(agent=QUIET_AGENT, policy={"health": {"idle_seconds": 0.6, "activity_stalled_seconds": 1.5}})
+    run = env.start_run(ticket="T-3")
+    run_id, session = run["run_id"], run["agents"][0]["session"]
+    seen: list[str] = []
+
+    def health_is(value: str) -> bool:
+        health = env.agent(run_id).get("health", "")
+        if not seen or seen[-1] != health:
+            seen.append(health)
+        return health == value
+
+    wait_until(lambda: health_is("stalled"), timeout=15, interval=0.02, message=f"stalled; seen {seen}")
+    assert seen == ["healthy", "idle", "stalled"]  # never a flicker back and forth
+    agent = env.agent(run_id)
+    assert agent["status"] == "running" and agent.get("restarts_used", 0) == 0  # stalled is not restarted by default
+    assert agent["last_activity_age_seconds"] >= 1.0
+    assert env.sessions() == [session]
+    assert "stalled" in env.cli("status", "--run-id", run_id).stdout
+    # Activity brings it back at once (promotions are immediate).
+    env.tmux("send-keys", "-t", f"={session}:", "x")
+    env.wait_agent(run_id, lambda a: a.get("health") == "healthy", "healthy after output", timeout=5)
+
 
 def test_restart_budget_exhausted_fails_agent_and_bootstrap_run(runs_env) -> None:  # noqa: F811
     env = runs_env(agent=CRASH_AGENT, policy={"operator": {"restart_budget": 2}})
@@ -206,6 +249,14 @@ def test_restart_budget_exhausted_fails_agent_and_bootstrap_run(runs_env) -> Non
     text = env.cli("status", "--run-id", run_id).stdout
     assert "failed" in text.splitlines()[0] and snap["error"] in text
     assert "crashing" in (env.daemon_dir / ".metawsm" / "logs" / f"{agent['session']}.log").read_text()
+
+    # Resuming the failed run gives the agent a fresh budget and watches it again: it crashes
+    # twice more, is restarted twice more, and fails the run again.
+    resumed = env.cli("resume", "--run-id", run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    wait_until(lambda: transitions(env, run_id)[-2:] == [("failed", "running"), ("running", "failed")],
+               timeout=30, message="resumed run to fail again")
+    assert env.agent(run_id)["status"] == "failed" and env.agent(run_id)["restarts_used"] == 2
 
 
 # -- 4. the daemon dies (SIGKILL) and comes back: it re-attaches ---------------------------------
@@ -225,11 +276,15 @@ def test_daemon_killed_and_restarted_reattaches_to_live_sessions(runs_env) -> No
     assert find_node(env.actors(), f"Run[{run_id}]") is not None  # in /api/v1/debug/actors
     sub = env.actors(run_id)
     assert sub["name"] == f"Run[{run_id}]" and sub["state"] == "running"
+    assert sub["details"]["status"] == "running" and sub["details"]["mode"] == "run"
     def watched() -> dict | None:
         found = find_node(env.actors(run_id), "TmuxAgent[agent]")
         return found["details"] if found and found["details"].get("last_activity_at") else None
 
     details = wait_until(watched, message="activity seen after re-attach")
+    # The detached agent keeps printing: its activity time keeps moving (window_activity / log mtime).
+    wait_until(lambda: watched()["last_activity_at"] > details["last_activity_at"], timeout=5,
+               message="activity to move")
     assert details["session"] == session and details["pane_pid"] == pid
     assert details["health"] == "healthy" and details["restarts_left"] == 3
     assert node["state"] == "running"

@@ -192,10 +192,10 @@ class AgentView(msgspec.Struct, kw_only=True, omit_defaults=True):
     pane_pid: int | None = None
     last_activity_at: str | None = None
     last_activity_age_seconds: float | None = None
-    restarts_used: int = 0
+    restarts_used: int
     restarts_left: int | None = None
     last_error: str = ""
-    completion_signalled: bool = False
+    completion_signalled: bool
     completion_summary: str = ""
     validation_status: str = ""
     validation_done_criteria: str = ""
@@ -225,9 +225,10 @@ class RunSnapshot(msgspec.Struct, kw_only=True, omit_defaults=True):
     updated_at: str
     error: str = ""
     dry_run: bool = False
-    agents: list[AgentView] = []
-    steps: list[StepView] = []
-    pending_guidance: list[PendingGuidance] = []
+    # Always present (even empty), so scripts can rely on them.
+    agents: list[AgentView]
+    steps: list[StepView]
+    pending_guidance: list[PendingGuidance]
     forum: ForumCounts | None = None
     brief: Brief | None = None
     workspace_root: str = ""

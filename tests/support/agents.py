@@ -141,10 +141,24 @@ say "completion and validation posted"
 exec sleep 600
 """
 
+# Finishes on its own: commits, signals completion and a passed validation, exits 0.
+FINISH_AGENT = """
+commit result.txt "done" "agent: the whole job"
+signal --type completion --summary "all done"
+signal --type validation --status passed --done-criteria "{done}"
+say "finished"
+exit 0
+"""
+
 # Works "forever": prints a tick twice a second (window activity) after one commit.
 LONG_AGENT = """
 commit work.txt "working" "agent: start work"
 while true; do echo "tick $(date +%s.%N)"; sleep 0.5; done
+"""
+
+# Says one thing, then stays silent (and makes no progress) for a long time.
+QUIET_AGENT = """
+exec sleep 600
 """
 
 # Exits at once with an error: every restart fails the same way.

@@ -175,6 +175,8 @@ class TmuxAgent(ManagedActor):
         me = self.actor_ref
 
         def tick() -> bool:
+            if generation != self._generation:
+                return False  # superseded (restart/kill/stop): let this timer end
             try:
                 me.tell(_Poll(generation))
                 return True

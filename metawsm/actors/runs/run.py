@@ -7,8 +7,11 @@ not done yet are executed, live agents are re-attached, signals are re-evaluated
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,11 +33,46 @@ from metawsm.runs.model import LIVE, GateBlocked, RunError, RunStatus
 from metawsm.runs.planner import STEP_AGENT, STEP_DOCS, STEP_RUN_FILE, STEP_VERIFY, STEP_WORKSPACE
 from metawsm.runs.wiring import docs_provider_for, source_repo, workspace_provider_for
 from metawsm.runs.snapshot import control_rows
+from metawsm.runs.providers.workspace import WorkspaceError, _porcelain_paths
 from metawsm.runs.tmux import Tmux
 
 log = logging.getLogger("metawsm.runs")
 
 S = RunStatus
+
+
+def quiet_fingerprint(path: Path) -> str:
+    """The workspace provider's progress fingerprint, computed without taking git's index lock.
+
+    Plain ``git status`` refreshes the index and takes ``.git/index.lock`` while it does; polled
+    every ``health.poll_seconds`` next to a working agent, it made the agent's own ``git add``
+    and ``git commit`` fail now and then ("index.lock: File exists").  ``--no-optional-locks``
+    (``GIT_OPTIONAL_LOCKS=0``) skips that optional write; the result is the same hash.
+    """
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
+    for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR"):
+        env.pop(name, None)
+
+    def git(*args: str) -> str | None:
+        result = subprocess.run(["git", "--no-optional-locks", "-C", str(path), *args], capture_output=True,
+                                text=True, env=env, stdin=subprocess.DEVNULL, timeout=30, check=False)
+        return result.stdout if result.returncode == 0 else None
+
+    if not path.is_dir():
+        raise WorkspaceError(f"workspace checkout {path} does not exist")
+    raw = git("status", "--porcelain=v1", "-z", "--untracked-files=all")
+    if raw is None:
+        raise WorkspaceError(f"git status in {path} failed")
+    digest = hashlib.sha256()
+    digest.update((git("rev-parse", "HEAD") or "no-head").strip().encode())
+    digest.update(b"\0" + raw.encode("utf-8", "surrogateescape"))
+    for rel in _porcelain_paths(raw):
+        try:
+            st = (path / rel).stat()
+            digest.update(f"\0{rel}\0{st.st_size}\0{st.st_mtime_ns}".encode("utf-8", "surrogateescape"))
+        except OSError:
+            digest.update(f"\0{rel}\0missing".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
 
 
 class RunActor(Supervisor):
@@ -44,6 +82,7 @@ class RunActor(Supervisor):
         super().__init__(ctx, Strategy.ONE_FOR_ONE, children=())
         self.run_id = run_id
         self._start_reply = start_reply
+        self._last_status = ""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -57,7 +96,7 @@ class RunActor(Supervisor):
         self.workspaces = workspace_provider_for(self.spec, self.policy)
         self.docs = docs_provider_for(self.spec)
         self.tmux = Tmux(self.spec.tmux_socket)
-        status = row.status
+        status = self._last_status = row.status
         if status in (S.CREATED, S.PLANNING):
             self.tell_self(Execute(reply=self._start_reply))
             self._start_reply = None
@@ -72,11 +111,20 @@ class RunActor(Supervisor):
 
     def describe(self) -> dict[str, Any]:
         details = super().describe()
-        details.update({"run_id": self.run_id, "mode": self.spec.mode, "status": self._status(),
-                        "tickets": self.spec.tickets})
+        # describe() runs on the inspecting thread: it must not touch self.conn (SQLite objects
+        # belong to the actor's thread), so it shows the status this actor last read.
+        spec = getattr(self, "spec", None)  # None until setup() has run
+        details.update({"run_id": self.run_id, "mode": spec.mode if spec else "", "status": self._last_status,
+                        "tickets": spec.tickets if spec else []})
         return details
 
     def handle(self, message: Any) -> Any:
+        try:
+            return self._handle(message)
+        finally:
+            self._status()  # keep the status describe() shows current
+
+    def _handle(self, message: Any) -> Any:
         if isinstance(message, Execute):
             self._execute(message.reply)
             return None
@@ -190,11 +238,24 @@ class RunActor(Supervisor):
                             restart=RestartType.TRANSIENT)
         self._start_child(spec)
 
+    def _start_fresh(self, row: store.AgentRow) -> None:
+        """A new session for the agent, watched, with a full restart budget.
+
+        An agent actor that is still there (e.g. one that spent its budget and stopped
+        watching, in a failed run being resumed) is told to start the session itself;
+        starting the session behind its back would leave the new session unwatched.
+        """
+        child = self._slot(self._child_id(row.agent_name, row.workspace))
+        if child is not None and child.ref is not None and child.ref.is_alive():
+            self.system.ask(child.path, StartSession(), timeout=15.0)
+        else:
+            self._start_agent(row.agent_name, row.workspace, fresh=True)
+
     def _progress_probe(self, workspace: str) -> Any:
         provider, repos = self.workspaces, list(self.spec.repos)
 
         def fingerprint() -> str:
-            return "|".join(provider.status_fingerprint(workspace, repo) for repo in repos)
+            return "|".join(quiet_fingerprint(provider.repo_path(workspace, repo)) for repo in repos)
 
         return fingerprint
 
@@ -282,7 +343,7 @@ class RunActor(Supervisor):
                 self._execute(None)
             else:
                 for row in store.agents(self.conn, self.run_id):
-                    self._start_agent(row.agent_name, row.workspace, fresh=True)
+                    self._start_fresh(row)
                 store.transition(self.conn, self.run_id, S.RUNNING, "resumed")
                 self._evaluate_control()
         elif action == "restart":
@@ -293,11 +354,7 @@ class RunActor(Supervisor):
             if only and not rows:
                 raise RunError(f'run {self.run_id} has no agent "{only}"')
             for row in rows:
-                child = self._slot(self._child_id(row.agent_name, row.workspace))
-                if child is not None and child.ref is not None and child.ref.is_alive():
-                    self.system.ask(child.path, StartSession(), timeout=15.0)
-                else:
-                    self._start_agent(row.agent_name, row.workspace, fresh=True)
+                self._start_fresh(row)
             if status not in LIVE:
                 store.transition(self.conn, self.run_id, S.RUNNING, "restarted")
             self._evaluate_control()
@@ -311,11 +368,16 @@ class RunActor(Supervisor):
         status = self._status()
         if status == S.CLOSED:
             return
-        if status not in (S.COMPLETED, S.RUNNING, S.STOPPED, S.FAILED):
+        # A run awaiting guidance is checked too, so `close` names the gate that blocks it
+        # ("... has N pending forum guidance request(s); close blocked") instead of its status.
+        if status not in (S.COMPLETED, S.RUNNING, S.STOPPED, S.FAILED, S.AWAITING_GUIDANCE):
             raise RunError(f"run {self.run_id} is {status}; it can be closed once completed, stopped or failed")
         blockers = close_blockers(self.conn, self.run_id, self._dirty_files)
         if blockers:
             raise GateBlocked(blockers[0])
+        if status == S.AWAITING_GUIDANCE:
+            raise GateBlocked(f"run {self.run_id} is awaiting_guidance; answer the pending guidance request(s) "
+                              "before closing; close blocked")
         store.transition(self.conn, self.run_id, S.CLOSING, "close gates passed")
         if merge:
             for workspace in self._workspace_names():
@@ -323,7 +385,9 @@ class RunActor(Supervisor):
                     try:
                         self.workspaces.merge(workspace, repo, f"metawsm: merge {workspace} ({self.run_id})")
                     except Exception as error:  # noqa: BLE001
-                        store.transition(self.conn, self.run_id, S.FAILED, error=f"merge of {workspace}/{repo} failed: {error}")
+                        # Nothing was closed: go back to completed so the user can fix it and retry.
+                        store.transition(self.conn, self.run_id, S.COMPLETED,
+                                         f"merge of {workspace}/{repo} failed: {error}")
                         raise RunError(f"merge of workspace {workspace} repo {repo} failed: {error}") from None
         self._ask_agents(KillSession())
         self._stop_agent_actors()
@@ -346,7 +410,8 @@ class RunActor(Supervisor):
 
     def _status(self) -> str:
         row = self.conn.execute("SELECT status FROM runs WHERE run_id = ?", (self.run_id,)).fetchone()
-        return row[0] if row else S.CLOSED.value
+        self._last_status = row[0] if row else S.CLOSED.value
+        return self._last_status
 
     def _workspace_names(self) -> list[str]:
         return sorted({r.workspace for r in store.agents(self.conn, self.run_id)})

@@ -196,7 +196,8 @@ def _commit_exists(source: Path, ref: str) -> str | None:
 def _porcelain(path: Path) -> str:
     if not path.is_dir():
         raise WorkspaceError(f"workspace checkout {path} does not exist")
-    return run_git(["-C", str(path), "status", "--porcelain=v1", "-z", "--untracked-files=all"],
+    # --no-optional-locks: never take the index lock an agent's own git commands need.
+    return run_git(["--no-optional-locks", "-C", str(path), "status", "--porcelain=v1", "-z", "--untracked-files=all"],
                    what=f"git status in {path}").stdout
 
 
