@@ -18,6 +18,7 @@ serve: $(STAMP)
 	$(BIN)/metawsm serve $(ARGS)
 
 test: $(STAMP)
+	./scripts/ensure-chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:
