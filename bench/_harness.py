@@ -270,7 +270,112 @@ class RawHttp:
         return status, payload
 
 
+class Pool:
+    """Keep-alive connections handed out one request at a time; grows up to ``limit``."""
+
+    def __init__(self, host: str, port: int, limit: int) -> None:
+        self.host, self.port, self.limit = host, port, limit
+        self.idle: list[RawHttp] = []
+        self.size = 0
+        self.freed = asyncio.Condition()
+
+    async def request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        conn = await self._take()
+        try:
+            return await conn.request(method, path, body)
+        except (ConnectionError, OSError):
+            await conn.close()
+            raise
+        finally:
+            self.idle.append(conn)
+            async with self.freed:
+                self.freed.notify()
+
+    async def _take(self) -> RawHttp:
+        while True:
+            if self.idle:
+                return self.idle.pop()
+            if self.size < self.limit:
+                self.size += 1
+                return await RawHttp(self.host, self.port).connect()
+            async with self.freed:
+                await self.freed.wait()
+
+    async def close(self) -> None:
+        for conn in self.idle:
+            await conn.close()
+
+
 # -- figures -----------------------------------------------------------------------------------
+
+
+# -- machine load ------------------------------------------------------------------------------
+
+
+def _busy_jiffies() -> tuple[int, int, int]:
+    """(busy, total, steal) jiffies of all CPUs since boot."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8]), fields[7]
+
+
+def _pid_jiffies(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            raw = handle.read().decode()
+    except OSError:
+        return 0
+    fields = raw[raw.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+
+
+class MachineLoad:
+    """CPU the rest of the machine used meanwhile: busy jiffies minus our own processes', and
+    the hypervisor's steal.
+
+    The bench machine may be shared (another test run, say) and is a VM whose host takes CPU
+    time away now and then (steal); figures taken meanwhile are not comparable (steal of
+    10-30 % multiplies the write latency several times), so every script prints this next to
+    its figures.
+    """
+
+    def __init__(self, *pids: int) -> None:
+        self.pids = [os.getpid(), *pids]
+        self.reset()
+
+    def reset(self) -> None:
+        self._busy, self._total, self._steal = _busy_jiffies()
+        self._ours = sum(_pid_jiffies(p) for p in self.pids)
+
+    def shares(self) -> tuple[float, float]:
+        """(other processes, hypervisor steal) as shares of all CPUs since reset (0..1)."""
+        busy, total, steal = _busy_jiffies()
+        ours = sum(_pid_jiffies(p) for p in self.pids)
+        span = max(1, total - self._total)
+        others = max(0.0, (busy - self._busy) - (steal - self._steal) - (ours - self._ours)) / span
+        return others, (steal - self._steal) / span
+
+    def others_share(self) -> float:
+        return self.shares()[0]
+
+    def describe(self) -> str:
+        others, steal = self.shares()
+        note = "  (WARNING: the machine was busy or the host stole CPU; figures are not representative)" \
+            if others > 0.10 or steal > 0.03 else ""
+        return (f"other processes used {others * 100:.0f}% of the machine's CPUs meanwhile, "
+                f"hypervisor steal {steal * 100:.1f}%{note}")
+
+
+def wait_quiet(max_wait: float = 60.0, threshold: float = 0.10) -> float:
+    """Wait (up to ``max_wait`` s) until others use under ``threshold`` of the CPUs for 2 s."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        load = MachineLoad()
+        time.sleep(2.0)
+        others, steal = load.shares()
+        if (others < threshold and steal < threshold / 3) or time.monotonic() > deadline:
+            return others
 
 
 def percentile(ordered: Sequence[float], p: float) -> float:
@@ -294,7 +399,8 @@ def summarize(seconds: Iterable[float]) -> dict[str, float]:
     }
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "", left: bool = False) -> str:
+    """A fixed-width table; numbers right-aligned (``left``: every column left-aligned)."""
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return "nan" if value != value else f"{value:.2f}"
@@ -305,10 +411,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = ""
     lines = []
     if title:
         lines.append(title)
-    lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
+    def fmt(i: int, v: str, w: int) -> str:
+        return v.ljust(w) if left or i == 0 else v.rjust(w)
+
+    lines.append("  ".join(fmt(i, h, w) for i, (h, w) in enumerate(zip(headers, widths))).rstrip())
     lines.append("  ".join("-" * w for w in widths))
     for row in text:
-        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+        lines.append("  ".join(fmt(i, v, w) for i, (v, w) in enumerate(zip(row, widths))).rstrip())
     return "\n".join(lines)
 
 

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (  # noqa: E402
     LATENCY_HEADERS,
-    RawHttp,
+    MachineLoad,
+    Pool,
     Scratch,
     Serve,
     latency_row,
@@ -45,42 +46,6 @@ from _harness import (  # noqa: E402
 )
 
 TICKET = "LAT"
-
-
-class Pool:
-    """Keep-alive connections handed out one request at a time; grows up to ``limit``."""
-
-    def __init__(self, host: str, port: int, limit: int) -> None:
-        self.host, self.port, self.limit = host, port, limit
-        self.idle: list[RawHttp] = []
-        self.size = 0
-        self.freed = asyncio.Condition()
-
-    async def request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-        conn = await self._take()
-        try:
-            return await conn.request(method, path, body)
-        except (ConnectionError, OSError):
-            await conn.close()
-            raise
-        finally:
-            self.idle.append(conn)
-            async with self.freed:
-                self.freed.notify()
-
-    async def _take(self) -> RawHttp:
-        while True:
-            if self.idle:
-                return self.idle.pop()
-            if self.size < self.limit:
-                self.size += 1
-                return await RawHttp(self.host, self.port).connect()
-            async with self.freed:
-                await self.freed.wait()
-
-    async def close(self) -> None:
-        for conn in self.idle:
-            await conn.close()
 
 
 class Watcher:
@@ -178,7 +143,7 @@ async def phase(pool: Pool, watcher: Watcher, threads: list[str], rate: float, w
     }
 
 
-async def main_async(args: argparse.Namespace, serve: Serve) -> int:
+async def main_async(args: argparse.Namespace, serve: Serve, load: MachineLoad | None = None) -> int:
     rates = [float(r) for r in str(args.rate).split(",") if r.strip()]
     pool = Pool("127.0.0.1", serve.port, args.connections)
     watcher = Watcher()
@@ -191,6 +156,8 @@ async def main_async(args: argparse.Namespace, serve: Serve) -> int:
         warm = await phase(pool, watcher, threads, min(rates), args.warmup, "warm")
         if warm["missing"]:
             print(f"warning: {warm['missing']} warm-up frames never arrived")
+        if load is not None:
+            load.reset()
         for rate in rates:
             cpu0, wall0 = serve.cpu_seconds(), time.perf_counter()
             result = await phase(pool, watcher, threads, rate, args.writes, f"r{rate:g}")
@@ -220,6 +187,8 @@ async def main_async(args: argparse.Namespace, serve: Serve) -> int:
                  "max send lag ms"], extra))
     print(f"WebSocket: {len(seqs)} events received, duplicates {duplicates}, in order {ordered}, "
           f"close code {watcher.close_code}")
+    if load is not None:
+        print(load.describe())
     failed = any(r["missing"] or r["errors"] for _, r in results) or duplicates or not ordered
     return 1 if failed else 0
 
@@ -238,7 +207,7 @@ def main() -> int:
         serve = Serve(scratch.path / "serve", policy(redis_server.url))
         try:
             serve.start()
-            return asyncio.run(main_async(args, serve))
+            return asyncio.run(main_async(args, serve, MachineLoad(serve.pid, redis_server.pid or 0)))
         finally:
             serve.stop()
             redis_server.stop()

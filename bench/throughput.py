@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
     LATENCY_HEADERS,
     HttpClosed,
+    MachineLoad,
     RawHttp,
     Scratch,
     Serve,
@@ -119,7 +120,9 @@ def main() -> int:
         serve = Serve(scratch.path / "serve", policy(redis_server.url))
         try:
             serve.start()
+            machine = MachineLoad(serve.pid, redis_server.pid or 0)
             result = asyncio.run(load(serve, args.connections, args.threads, args.duration, args.interval))
+            busy = machine.describe()
             drain = wait_caught_up(serve.db_path, timeout=300)
             found, bad = check_invariants(serve.db_path, result["acknowledged"])
         finally:
@@ -140,7 +143,8 @@ def main() -> int:
         [f"writes/s per {args.interval:g} s interval",
          " ".join(f"{n / args.interval:.0f}" for n in result["per_interval"])],
         ["drain after load", f"{drain * 1000:.0f} ms" if drain >= 0 else "NOT DRAINED in 300 s"],
-    ]))
+    ], left=True))
+    print(busy)
     print()
     print(table(LATENCY_HEADERS, [latency_row("POST -> 200/202 under load", result["latencies"])]))
     print()

@@ -8,8 +8,16 @@ fills any hole from SQLite, so a dropped notification can never become a gap.
 A client first gets every matching event after its cursor from SQLite (catch-up, up to the
 hub's high-water mark at the moment it registered), then the live events buffered since —
 those at or below the catch-up end are skipped — so there is no gap and no duplicate.
-Each client has a bounded frame queue and its own sender task: a client that falls more
-than ``MAX_FRAMES_BEHIND`` frames behind is closed with 1013 and nobody else waits for it.
+Each client has a bounded frame queue and its own sender task (frames are written straight
+to the socket while it keeps up, and queued for the sender only when it does not; a frame
+is encoded once per dispatch for every client with the same filters): a client that falls
+more than ``MAX_FRAMES_BEHIND`` frames behind is closed with 1013 and nobody else waits for it.
+So is one whose socket has not taken a frame for ``STALLED_SEND_SECONDS`` while events keep
+coming: at a low event rate the protocol ping timeout (20 s + 10 s) would otherwise cut a
+stalled reader first, abnormally (1006), before it is a thousand frames behind.  The
+transport's write buffer and aiohttp's back-pressure check are capped too
+(``WRITE_BUFFER_HIGH``), so a stalled socket blocks its sender after the kernel buffers plus
+~32 KiB, instead of after the 256 KiB more that aiohttp would buffer by default.
 The kernel send buffer of each stream socket is capped (``SEND_BUFFER_BYTES``) so that a
 stalled peer is noticed after about a thousand frames, not after megabytes of autotuned
 buffer.  The 1013 close frame is queued after the frames already written, so a client that
@@ -22,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from collections import deque
 from typing import Any
 
@@ -45,6 +54,8 @@ PROTOCOL_PING_SECONDS = 20.0
 SEND_BUFFER_BYTES = 64 * 1024
 CLOSE_TIMEOUT_SECONDS = 2.0
 SLOW_CLOSE_GRACE_SECONDS = 10.0
+STALLED_SEND_SECONDS = 5.0
+WRITE_BUFFER_HIGH = 16 * 1024
 _encoder = msgspec.json.Encoder()
 
 
@@ -60,11 +71,20 @@ def _encode_view(view: EventView) -> _Encoded:
     return _Encoded(view.sequence, env.ticket, env.run_id, _encoder.encode(view))
 
 
-def _events_frame(events: list[bytes], next_cursor: int) -> bytes:
+def _events_frame(events: list[bytes], next_cursor: int, sent_at: bytes | None = None) -> bytes:
     return b"".join(
         (b'{"type":"forum.events","events":[', b",".join(events), b'],"next_cursor":',
-         str(next_cursor).encode(), b',"sent_at":"', now_text().encode(), b'"}')
+         str(next_cursor).encode(), b',"sent_at":"', sent_at or now_text().encode(), b'"}')
     )
+
+
+def _text_frame_header(length: int) -> bytes:
+    """RFC 6455 header of an unmasked, final, uncompressed text frame (what a server sends)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
 
 
 def _heartbeat_frame(next_cursor: int) -> bytes:
@@ -72,6 +92,16 @@ def _heartbeat_frame(next_cursor: int) -> bytes:
 
 
 class StreamClient:
+    """One connection's state.
+
+    Frames normally go straight to the socket from :meth:`push` (one ``transport.write`` on
+    the loop: no task switch per frame, which is what makes fan-out to a thousand clients
+    cheap).  Only when the socket is behind (its write buffer over ``WRITE_BUFFER_HIGH``), a
+    frame is already queued, or the sender task is busy do frames wait in ``frames`` for the
+    sender, which honours back-pressure; order is kept because a frame is only written
+    directly when nothing is queued or being sent.
+    """
+
     def __init__(self, ws: web.WebSocketResponse, ticket: str | None, run_id: str | None, limit: int) -> None:
         self.ws = ws
         self.ticket = ticket
@@ -84,33 +114,72 @@ class StreamClient:
         self.cursor = 0  # everything up to here was sent or does not match
         self.overflowed = False
         self.transport: Any = None
+        self.sending_since = 0.0  # loop time the current send started (0: not sending)
+        self.sender_running = False  # direct writes only once the sender owns the ordering
+        self.last_frame_at = 0.0  # loop time of the last frame handed to the socket
+        self.frames_pushed = 0
 
     def matches(self, item: _Encoded) -> bool:
         return (self.ticket is None or item.ticket == self.ticket) and (
             self.run_id is None or item.run_id == self.run_id
         )
 
-    def offer(self, batch: list[_Encoded]) -> bool:
-        """Queue what matches; False when the client is too far behind."""
+    def offer(self, batch: list[_Encoded], shared: dict[Any, list[tuple[bytes, bytes]]] | None = None,
+              sent_at: bytes | None = None, now: float = 0.0) -> bool:
+        """Send or queue what matches; False when the client is too far behind.
+
+        ``shared`` caches the frames of one dispatch by (filters, limit): every client that
+        had seen nothing of the batch gets the very same bytes.
+        """
         if not self.live:
             self.buffered.append(batch)
             return len(self.buffered) <= MAX_FRAMES_BEHIND
-        fresh = [item for item in batch if item.sequence > self.cursor]
-        if not fresh:
-            return True
+        if batch[0].sequence > self.cursor:
+            fresh = batch
+            key = (self.ticket, self.run_id, self.limit)
+        else:
+            fresh = [item for item in batch if item.sequence > self.cursor]
+            if not fresh:
+                return True
+            key = None
         self.cursor = fresh[-1].sequence
+        frames = shared.get(key) if shared is not None and key is not None else None
+        if frames is None:
+            frames = [(frame, _text_frame_header(len(frame)) + frame) for frame in self._frames(fresh, sent_at)]
+            if shared is not None and key is not None:
+                shared[key] = frames
+        for frame, wire in frames:
+            self.push(frame, wire, now)
+        return len(self.frames) <= MAX_FRAMES_BEHIND
+
+    def _frames(self, fresh: list[_Encoded], sent_at: bytes | None) -> list[bytes]:
         matching = [item for item in fresh if self.matches(item)]
+        frames = []
         for start in range(0, len(matching), self.limit):
             chunk = matching[start:start + self.limit]
             # next_cursor promises "everything up to here was sent": a frame that is not the
             # batch's last covers only up to its own last event; the last one also covers the
             # non-matching events after it.
             final = start + self.limit >= len(matching)
-            self.frames.append(_events_frame([item.data for item in chunk],
-                                             self.cursor if final else chunk[-1].sequence))
-        if matching:
-            self.wakeup.set()
-        return len(self.frames) <= MAX_FRAMES_BEHIND
+            frames.append(_events_frame([item.data for item in chunk],
+                                        self.cursor if final else chunk[-1].sequence, sent_at))
+        return frames
+
+    def push(self, frame: bytes, wire: bytes | None = None, now: float = 0.0) -> None:
+        """Write ``frame`` now if nothing is ahead of it, else queue it for the sender.
+
+        ``wire`` is the frame with its header (shared by all clients of a dispatch).
+        """
+        self.frames_pushed += 1
+        transport = self.transport
+        if (self.sender_running and not self.frames and not self.sending_since and transport is not None
+                and not self.ws.closed and not transport.is_closing()
+                and transport.get_write_buffer_size() < WRITE_BUFFER_HIGH):
+            transport.write(wire if wire is not None else _text_frame_header(len(frame)) + frame)
+            self.last_frame_at = now or asyncio.get_running_loop().time()
+            return
+        self.frames.append(frame)
+        self.wakeup.set()
 
     def go_live(self, caught_up_to: int) -> bool:
         self.cursor = max(self.cursor, caught_up_to)
@@ -136,16 +205,20 @@ class StreamHub:
         self._inbox: deque[list[EventMessage]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
         self._closing = False
 
     async def start(self) -> None:
         self.last_sequence = await self.forum.read_async(lambda r: r.projection_checkpoints().get("thread_views", 0))
         self._task = asyncio.create_task(self._dispatch_loop(), name="stream-hub")
+        self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="stream-heartbeats")
 
     async def stop(self) -> None:
         self._closing = True
         if self._task is not None:
             self._task.cancel()
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
         clients, self.clients = list(self.clients), set()
         await asyncio.gather(
             *(_close(c.ws, WSCloseCode.GOING_AWAY, b"server shutting down", c.transport) for c in clients)
@@ -207,11 +280,18 @@ class StreamHub:
 
     def _dispatch(self, batch: list[_Encoded]) -> None:
         self.last_sequence = batch[-1].sequence
+        stalled_before = self.loop.time() - STALLED_SEND_SECONDS
+        shared: dict[Any, list[tuple[bytes, bytes]]] = {}
+        sent_at = now_text().encode()
+        now = self.loop.time()
         for client in list(self.clients):
-            before = len(client.frames)
-            if not client.offer(batch):
+            if 0.0 < client.sending_since < stalled_before:
                 self._drop_slow(client)
-            self.frames_total += max(0, len(client.frames) - before)
+                continue
+            before = client.frames_pushed
+            if not client.offer(batch, shared, sent_at, now):
+                self._drop_slow(client)
+            self.frames_total += client.frames_pushed - before
 
     def _drop_slow(self, client: StreamClient) -> None:
         if client.overflowed:
@@ -220,7 +300,8 @@ class StreamHub:
         client.frames.clear()  # never sent: the client reconnects with its last next_cursor
         self.clients.discard(client)
         self.slow_closed_total += 1
-        log.warning("websocket client fell more than %d frames behind; closing it (1013)", MAX_FRAMES_BEHIND)
+        log.warning("websocket client fell more than %d frames behind or stopped reading; closing it (1013)",
+                    MAX_FRAMES_BEHIND)
         client.wakeup.set()
         asyncio.ensure_future(
             _close(client.ws, WSCloseCode.TRY_AGAIN_LATER, b"client fell behind; reconnect with next_cursor",
@@ -230,7 +311,10 @@ class StreamHub:
     # -- one connection -------------------------------------------------------------------
 
     async def serve(self, request: web.Request, query: StreamQuery) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=PROTOCOL_PING_SECONDS, compress=False)
+        # writer_limit: aiohttp checks for back-pressure only every writer_limit bytes (256 KiB
+        # by default), so without it a stalled socket would soak up that much before its
+        # sender noticed.
+        ws = web.WebSocketResponse(heartbeat=PROTOCOL_PING_SECONDS, compress=False, writer_limit=WRITE_BUFFER_HIGH)
         await ws.prepare(request)
         _bound_send_buffer(request.transport)
         client = StreamClient(ws, query.ticket or None, query.run_id or None, query.limit)
@@ -248,6 +332,8 @@ class StreamHub:
             # and a client reconnecting with this cursor must get them again.
             client.frames.appendleft(_heartbeat_frame(caught_up))
             client.wakeup.set()
+            client.sender_running = True
+            client.last_frame_at = self.loop.time()
             sender = asyncio.create_task(self._send_loop(client))
             async for message in ws:
                 if message.type == WSMsgType.ERROR:
@@ -281,20 +367,33 @@ class StreamHub:
         return high_water if cursor < high_water else cursor
 
     async def _send_loop(self, client: StreamClient) -> None:
+        """Sends what :meth:`StreamClient.push` could not write directly, honouring back-pressure."""
         ws = client.ws
         while not ws.closed and not client.overflowed:
             if not client.frames:
                 client.wakeup.clear()
-                try:
-                    await asyncio.wait_for(client.wakeup.wait(), self.heartbeat_seconds)
-                except asyncio.TimeoutError:
-                    client.frames.append(_heartbeat_frame(client.cursor))
+                await client.wakeup.wait()
                 continue
             frame = client.frames.popleft()
+            client.sending_since = self.loop.time()
             try:
                 await ws.send_frame(frame, WSMsgType.TEXT)
             except (ConnectionError, RuntimeError):
                 return  # the connection is going away; serve() cleans up
+            client.sending_since = 0.0
+            client.last_frame_at = self.loop.time()
+
+    async def _heartbeat_loop(self) -> None:
+        """One ticker for every client: a heartbeat to each one idle for ``heartbeat_seconds``
+        (instead of a timer per client and frame)."""
+        tick = max(0.05, min(1.0, self.heartbeat_seconds / 4))
+        while not self._closing:
+            await asyncio.sleep(tick)
+            due = self.loop.time() - self.heartbeat_seconds
+            for client in list(self.clients):
+                if (client.sender_running and not client.overflowed and client.last_frame_at <= due
+                        and not client.frames and not client.sending_since):
+                    client.push(_heartbeat_frame(client.cursor))
 
 
 def _bound_send_buffer(transport: Any) -> None:
@@ -304,6 +403,10 @@ def _bound_send_buffer(transport: Any) -> None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
     except OSError:  # not a TCP socket (tests on unix sockets) or refused: keep the default
+        pass
+    try:
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+    except (AttributeError, ValueError, RuntimeError):
         pass
 
 

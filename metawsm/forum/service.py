@@ -41,6 +41,9 @@ class Verdict(msgspec.Struct, frozen=True):
     error_code: str = ""
     error_message: str = ""
     error_status: int = 400
+    # The thread as it was read right after the verdict (read-your-writes), when someone was
+    # waiting for it; None otherwise (the caller then reads it itself).
+    thread: ThreadView | None = None
 
 
 class WriteResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,9 +64,17 @@ class OutcomeBoard:
     Verdicts travel as tells through the broker, which loses what is in its mailbox when it
     (or a projection) restarts; :meth:`resync`, run by the broker on start and every second
     while someone waits, settles such waiters from SQLite.
+
+    ``read_views`` (optional) reads thread views on the calling thread — the broker's — for
+    the verdicts someone is waiting for, one read per thread and batch, and hands them over
+    with the verdict: the waiting HTTP handler then answers at once instead of hopping to a
+    reader thread and back.  Verdicts remembered for late watchers do not keep the view.
     """
 
-    def __init__(self, projected: int = 0) -> None:
+    def __init__(self, projected: int = 0, read_views: Callable[[list[str]], dict[str, ThreadView]] | None = None
+                 ) -> None:
+        self._read_views = read_views
+        self.reads_on_broker = read_views is not None  # the broker calls quicker sinks first
         self._lock = threading.Lock()
         self._waiters: dict[str, list[Callable[[Verdict], None]]] = {}
         self._recent: OrderedDict[str, Verdict] = OrderedDict()
@@ -74,14 +85,16 @@ class OutcomeBoard:
     def events_applied(self, projection: str, events: list[EventMessage]) -> None:
         if projection != "thread_views" or not events:
             return
-        for event in events:
-            self._settle(
-                event.envelope.event_id,
-                Verdict(status="applied", thread_id=event.envelope.thread_id, sequence=event.sequence),
-            )
+        verdicts = [
+            (event.envelope.event_id,
+             Verdict(status="applied", thread_id=event.envelope.thread_id, sequence=event.sequence))
+            for event in events
+        ]
+        self._settle_all(self._with_views(verdicts))
         self._advance(max(event.sequence for event in events))
 
     def commands_decided(self, outcomes: list[CommandOutcome]) -> None:
+        ready: list[tuple[str, Verdict]] = []
         for outcome in outcomes:
             if outcome.status == "applied":
                 continue  # announced by thread_views once visible
@@ -100,7 +113,8 @@ class OutcomeBoard:
                         self._held.append((outcome.sequence, outcome.event_id, verdict))
                 if hold:
                     continue
-            self._settle(outcome.event_id, verdict)
+            ready.append((outcome.event_id, verdict))
+        self._settle_all(self._with_views(ready))
 
     def resync(self, conn: Any) -> None:
         """Settle waiters from SQLite: events thread_views applied, verdicts the handler recorded."""
@@ -157,24 +171,53 @@ class OutcomeBoard:
             ready = [item for item in self._held if item[0] <= sequence]
             if ready:
                 self._held = [item for item in self._held if item[0] > sequence]
-        for _, event_id, verdict in ready:
-            self._settle(event_id, verdict)
+        if ready:
+            self._settle_all(self._with_views([(event_id, verdict) for _, event_id, verdict in ready]))
+
+    def _with_views(self, verdicts: list[tuple[str, Verdict]]) -> list[tuple[str, Verdict]]:
+        """Attach the thread view to the verdicts someone waits for (not to rejections)."""
+        if self._read_views is None or not verdicts:
+            return verdicts
+        with self._lock:
+            wanted = {v.thread_id for event_id, v in verdicts
+                      if v.status != "rejected" and v.thread_id and event_id in self._waiters}
+        if not wanted:
+            return verdicts
+        try:
+            views = self._read_views(sorted(wanted))
+        except Exception:  # noqa: BLE001 - the waiting caller reads the view itself
+            return verdicts
+        return [
+            (event_id, msgspec.structs.replace(verdict, thread=views[verdict.thread_id]))
+            if verdict.status != "rejected" and verdict.thread_id in views else (event_id, verdict)
+            for event_id, verdict in verdicts
+        ]
 
     def _settle(self, event_id: str, verdict: Verdict) -> None:
+        self._settle_all([(event_id, verdict)])
+
+    def _settle_all(self, verdicts: list[tuple[str, Verdict]]) -> None:
+        calls: list[tuple[list[Callable[[Verdict], None]], Verdict]] = []
         with self._lock:
-            self._recent[event_id] = verdict
-            if len(self._recent) > RECENT_LIMIT:
+            for event_id, verdict in verdicts:
+                self._recent[event_id] = verdict if verdict.thread is None else msgspec.structs.replace(
+                    verdict, thread=None)
+                callbacks = self._waiters.pop(event_id, None)
+                if callbacks:
+                    calls.append((callbacks, verdict))
+            while len(self._recent) > RECENT_LIMIT:
                 self._recent.popitem(last=False)
-            callbacks = self._waiters.pop(event_id, ())
-        for callback in callbacks:
-            callback(verdict)
+        for callbacks, verdict in calls:
+            for callback in callbacks:
+                callback(verdict)
 
 
 class ForumService:
     def __init__(self, system: ActorSystem, services: Services, read_threads: int = 4) -> None:
         self.system = system
         self.services = services
-        self.board = OutcomeBoard()
+        self._sink_local = threading.local()  # the broker thread's reader (see _views_here)
+        self.board = OutcomeBoard(read_views=self._views_here)
         services.sinks.add(self.board)
         conn = services.db.connect()
         try:  # after registering, so no thread_views progress falls between the two
@@ -212,6 +255,20 @@ class ForumService:
                 self._connections.append(conn)
             reader = self._local.reader = ForumReader(conn)
         return query(reader)
+
+    def _views_here(self, thread_ids: list[str]) -> dict[str, ThreadView]:
+        """Thread views read on the calling thread (the broker's), with a connection of its own.
+
+        Not registered for :meth:`close`: it lives as long as that thread (a restarted broker
+        runs on a new thread, and the old thread's connection goes with its thread-locals).
+        """
+        reader = getattr(self._sink_local, "reader", None)
+        if reader is None:
+            reader = self._sink_local.reader = ForumReader(self.services.db.connect())
+        views: dict[str, ThreadView] = {}
+        for thread_id in thread_ids:
+            views[thread_id] = reader.get_thread(thread_id)
+        return views
 
     async def read_async(self, query: Callable[[ForumReader], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -261,14 +318,16 @@ class ForumService:
         if verdict.status == "rejected":
             raise ForumError(verdict.error_message, code=verdict.error_code, status=verdict.error_status)
         thread_id = verdict.thread_id or accepted.thread_id
-        thread = self.read(lambda r: r.get_thread(thread_id))
+        thread = verdict.thread if verdict.thread is not None else self.read(lambda r: r.get_thread(thread_id))
         return WriteResult(status="applied", thread_id=thread_id, event_id=accepted.event_id, thread=thread)
 
     async def _finish(self, accepted: Accepted, verdict: Verdict) -> WriteResult:
         if verdict.status == "rejected":
             raise ForumError(verdict.error_message, code=verdict.error_code, status=verdict.error_status)
         thread_id = verdict.thread_id or accepted.thread_id
-        thread = await self.read_async(lambda r: r.get_thread(thread_id))
+        thread = verdict.thread
+        if thread is None:
+            thread = await self.read_async(lambda r: r.get_thread(thread_id))
         return WriteResult(status="applied", thread_id=thread_id, event_id=accepted.event_id, thread=thread)
 
     # -- maintenance ----------------------------------------------------------------------

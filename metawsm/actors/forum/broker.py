@@ -62,7 +62,7 @@ class EventBroker(ManagedActor):
             if message.projection == "thread_views" and message.events:
                 self.events_total += len(message.events)
                 self.last_sequence = message.events[-1].sequence
-            for sink in self.sinks.all():
+            for sink in self._quick_first(self.sinks.all()):
                 self._safely(sink.events_applied, message.projection, message.events)
         elif isinstance(message, CommandsDecided):
             for sink in self.sinks.all():
@@ -75,6 +75,12 @@ class EventBroker(ManagedActor):
         else:
             return super().handle(message)
         return None
+
+    @staticmethod
+    def _quick_first(sinks: tuple[Any, ...]) -> list[Any]:
+        """Sinks that only hand over (the WebSocket hub) before those that read SQLite on this
+        thread (``reads_on_broker = True``: the OutcomeBoard reads the waiting callers' views)."""
+        return sorted(sinks, key=lambda sink: bool(getattr(sink, "reads_on_broker", False)))
 
     @staticmethod
     def _safely(fn: Any, *args: Any) -> None:

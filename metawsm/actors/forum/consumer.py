@@ -6,9 +6,19 @@ gets it again after a backoff; after ``forum.max_attempts`` counted failures the
 parked (recorded with its error, acknowledged, replayable).  A worker that was merely
 unavailable (restarting) gets the entry again without the failure being counted.
 
-The actor polls by telling itself ``Poll`` after each read: reads block for at most
-``READ_BLOCK_MS``, so control messages (delivery reports, stop, fault injection)
-interleave with reads.
+The blocking ``XREADGROUP`` runs on a small reader thread of the actor's own (``_Reader``),
+which tells the actor what it read; the actor itself never blocks on Redis for long, so
+delivery reports (and the next batch they release), acks, stop and fault injection are
+handled the moment they arrive instead of after the current read's block.  A read error
+ends the reader; the actor handles it (backoff, or recreating lost groups) and starts a
+new one.  The reader stops reading while ``MAX_IN_FLIGHT`` entries wait for their workers.
+
+**Projections one after another.**  An event goes to ``thread_views`` first (what callers
+and WebSocket clients wait for), then to each other projection in turn, each as soon as
+the one before has it.  They are GIL-bound Python either way; run side by side they only
+took the GIL (and the write lock) from each other at every SQLite call, a storm of
+context switches that made each of them, ``thread_views`` included, several times slower.
+Under load the projections still overlap, one batch apart.
 
 **One delivery in flight per worker.**  While a worker is busy with a ``Deliver``, entries
 for it are queued here and go out together, in one ``Deliver``, as soon as it reports.
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from typing import Any, ClassVar
 
@@ -61,7 +72,9 @@ RETRY_FAILED_SECONDS = 0.05
 MAX_DELIVER = 1000  # entries per Deliver (one worker transaction)
 BUSY_STALE_SECONDS = 10.0  # a worker that has not reported for this long gets the next batch anyway
 BACKOFF_INITIAL = 0.1
-BACKOFF_MAX = 5.0
+# Retrying Redis once a second costs nothing, and it bounds how long the pipeline stays
+# stopped after Redis is back (it also wakes the relay out of its own, longer, backoff).
+BACKOFF_MAX = 1.0
 
 
 class _Redeliver(msgspec.Struct, frozen=True):
@@ -69,13 +82,96 @@ class _Redeliver(msgspec.Struct, frozen=True):
     keys: tuple[str, ...]
 
 
+class _Read(msgspec.Struct, frozen=True):
+    """From the reader thread: entries it read (possibly none: the first read succeeded)."""
+
+    reader: int
+    entries: list[Any]
+
+
+class _ReadFailed(msgspec.Struct, frozen=True):
+    """From the reader thread: its read failed and it has stopped."""
+
+    reader: int
+    group_missing: bool
+    error: str
+
+
+class _Tick(msgspec.Struct, frozen=True):
+    """Housekeeping: reconcile still owed, periodic reclaim."""
+
+
+class _AckNow(msgspec.Struct, frozen=True):
+    """XACK what finished since the last ack (queued behind what is already waiting)."""
+
+
+class _LateReclaim(msgspec.Struct, frozen=True):
+    """Claim once more, a moment after start, what the previous incarnation's reader took."""
+
+
+TICK_SECONDS = 0.1
+READER_BLOCK_MS = READ_BLOCK_MS * 2
+# The previous incarnation's reader is not waited for (its blocking read cannot be cut
+# short: redis-py retries it once on a fresh connection).  Whatever it still reads is left
+# pending under our consumer name; this second claim, after it has surely given up (two
+# blocks), takes it over.  Claiming our own pending entries is always safe: keys already in
+# flight are skipped and workers dedupe.
+LATE_RECLAIM_SECONDS = 3 * READER_BLOCK_MS / 1000
+
+
+class _Reader(threading.Thread):
+    """Blocks in XREADGROUP for the consumer actor and tells it what came back."""
+
+    def __init__(self, number: int, bus: Any, topics: list[str], actor_ref: Any, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.number = number
+        self.bus = bus
+        self.topics = topics
+        self.actor_ref = actor_ref
+        self.stopped = threading.Event()
+        self.room = threading.Event()  # cleared while the actor has too much in flight
+        self.room.set()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.room.set()
+
+    def run(self) -> None:
+        first = True
+        while not self.stopped.is_set():
+            if not self.room.wait(0.5):
+                continue
+            if self.stopped.is_set():
+                return
+            try:
+                entries = self.bus.read(self.topics, count=READ_COUNT, block_ms=READER_BLOCK_MS)
+            except TransportError as error:
+                if not self.stopped.is_set():
+                    _safe_tell(self.actor_ref, _ReadFailed(self.number, isinstance(error, GroupMissing), str(error)))
+                return
+            except Exception as error:  # noqa: BLE001 - report anything; the actor decides
+                if not self.stopped.is_set():
+                    _safe_tell(self.actor_ref, _ReadFailed(self.number, False, f"{type(error).__name__}: {error}"))
+                return
+            if self.stopped.is_set():
+                break  # left pending: the next incarnation's late reclaim takes them
+            if entries or first:
+                first = False
+                _safe_tell(self.actor_ref, _Read(self.number, entries))
+        try:
+            self.bus.close()  # the connection a retried read may have reopened
+        except Exception:  # noqa: BLE001
+            pass
+
+
 class _InFlight:
-    __slots__ = ("entry", "message", "remaining", "attempts", "errors", "parked")
+    __slots__ = ("entry", "message", "remaining", "chain", "attempts", "errors", "parked")
 
     def __init__(self, entry: InboundEntry, message: Any, targets: list[str]) -> None:
         self.entry = entry
         self.message = message
         self.remaining = set(targets)
+        self.chain = list(targets[1:])  # workers that get the entry once the one before is done
         self.attempts: dict[str, int] = {}
         self.errors: dict[str, str] = {}
         self.parked = False  # recorded once, however many targets gave up on it
@@ -101,15 +197,31 @@ class StreamConsumer(ManagedActor):
         # groups, so a failure half-way through recreating them cannot skip it.
         self._reconcile_reason = "consumer start"
         self._backoff = 0.0
-        self._waiting_for_room = False
-        self._last_reclaim = 0.0
+        self._last_reclaim = time.monotonic()
+        self._reader: _Reader | None = None
+        self._readers_started = 0
+        self._to_ack: list[InboundEntry] = []
         self.acked_total = 0
         self.parked_total = 0
         self.status.consumer_running = True
+        me = self.actor_ref
+
+        def tick() -> bool:
+            try:
+                me.tell(_Tick())
+                return True
+            except Exception:  # noqa: BLE001 - a dead consumer ends its ticker
+                return False
+
+        self.system.scheduler.every(TICK_SECONDS, tick)
+        self.system.scheduler.call_later(LATE_RECLAIM_SECONDS, lambda: _safe_tell(me, _LateReclaim()))
         self._start_reading()
 
     def teardown(self) -> None:
         self.status.consumer_running = False
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.stop()  # not joined: see LATE_RECLAIM_SECONDS
         self.bus.close()
         self.conn.close()
 
@@ -122,7 +234,18 @@ class StreamConsumer(ManagedActor):
         }
 
     def handle(self, message: Any) -> Any:
-        if isinstance(message, Poll):
+        if isinstance(message, _Read):
+            self._read(message)
+        elif isinstance(message, _ReadFailed):
+            self._read_failed(message)
+        elif isinstance(message, _Tick):
+            self._tick()
+        elif isinstance(message, _LateReclaim):
+            self._late_reclaim()
+        elif isinstance(message, _AckNow):
+            entries, self._to_ack = self._to_ack, []
+            self._ack(entries)
+        elif isinstance(message, Poll):
             self._poll()
         elif isinstance(message, DeliveryDone):
             self._delivery_done(message)
@@ -150,42 +273,82 @@ class StreamConsumer(ManagedActor):
         if created and not self._reconcile_reason:
             self._reconcile_reason = "redis lost its streams"
         self._ask_reconcile()
-        self.tell_self(Poll())
+        self._start_reader()
         return True
+
+    def _start_reader(self) -> None:
+        if self._reader is not None:
+            return
+        self._readers_started += 1
+        self._reader = _Reader(self._readers_started, self.bus, self.topics, self.actor_ref,
+                               f"{threading.current_thread().name}-reader")
+        self._update_room()
+        self._reader.start()
+
+    def _update_room(self) -> None:
+        if self._reader is None:
+            return
+        if len(self.in_flight) >= MAX_IN_FLIGHT:
+            self._reader.room.clear()
+        elif len(self.in_flight) < MAX_IN_FLIGHT // 2:
+            self._reader.room.set()
 
     def _ask_reconcile(self) -> None:
         if self._reconcile_reason and self.system.tell(RELAY, Reconcile(reason=self._reconcile_reason)):
             self._reconcile_reason = ""
 
     def _poll(self) -> None:
+        """After a backoff: try again to (re)start reading."""
         if not self._groups_ready:
             self._start_reading()
+        else:
+            self._start_reader()
+
+    def _read(self, message: _Read) -> None:
+        if self._reader is None or message.reader != self._reader.number:
+            return  # from a reader we already replaced; its entries are reclaimed
+        self._bus_ok()
+        if message.entries:
+            self._route(message.entries)
+        self._update_room()
+
+    def _read_failed(self, message: _ReadFailed) -> None:
+        if self._reader is None or message.reader != self._reader.number:
             return
-        if self._reconcile_reason:
-            self._ask_reconcile()  # the relay was restarting when we first asked
-        if len(self.in_flight) >= MAX_IN_FLIGHT:
-            self._waiting_for_room = True
-            return
-        try:
-            entries = self.bus.read(self.topics, count=READ_COUNT, block_ms=READ_BLOCK_MS)
-            now = time.monotonic()
-            if now - self._last_reclaim > RECLAIM_EVERY_SECONDS:
-                self._last_reclaim = now
-                entries += [e for e, _ in self.bus.reclaim(self.topics, RECLAIM_MIN_IDLE_MS)]
-        except GroupMissing as error:
-            log.warning("redis lost the consumer group (%s); recreating it and reconciling", error)
+        self._reader = None  # it has stopped
+        if message.group_missing:
+            log.warning("redis lost the consumer group (%s); recreating it and reconciling", message.error)
             self.bus.forget_groups()
             self._groups_ready = False
             self._reconcile_reason = "redis lost its streams"
             self._start_reading()
             return
+        self._unavailable(TransportError(message.error))
+
+    def _late_reclaim(self) -> None:
+        if not self._groups_ready:
+            return  # _start_reading claims everything pending once Redis answers
+        try:
+            reclaimed = self.bus.reclaim(self.topics, min_idle_ms=0, count=1000)
         except TransportError as error:
-            self._unavailable(error)
+            log.debug("late reclaim failed: %s", error)
             return
-        self._bus_ok()
-        if entries:
-            self._route(entries)
-        self.tell_self(Poll())
+        if reclaimed:
+            self._route([entry for entry, _ in reclaimed])
+
+    def _tick(self) -> None:
+        if self._reconcile_reason and self._groups_ready:
+            self._ask_reconcile()  # the relay was restarting when we first asked
+        now = time.monotonic()
+        if self._groups_ready and self._reader is not None and now - self._last_reclaim > RECLAIM_EVERY_SECONDS:
+            self._last_reclaim = now
+            try:
+                reclaimed = self.bus.reclaim(self.topics, RECLAIM_MIN_IDLE_MS)
+            except TransportError as error:
+                log.debug("periodic reclaim failed: %s", error)
+                return
+            if reclaimed:
+                self._route([entry for entry, _ in reclaimed])
 
     def _bus_ok(self) -> None:
         if self._backoff:
@@ -229,8 +392,7 @@ class StreamConsumer(ManagedActor):
             else:  # pragma: no cover - the union has two members
                 continue
             self.in_flight[key] = _InFlight(entry, message, targets)
-            for target in targets:
-                batches.setdefault(target, []).append(key)
+            batches.setdefault(targets[0], []).append(key)
         for target, keys in batches.items():
             self._send(target, keys)
 
@@ -292,6 +454,7 @@ class StreamConsumer(ManagedActor):
         finished: list[_InFlight] = []
         retry_now: list[str] = []
         retry_later: dict[float, list[str]] = {}
+        onward: dict[str, list[str]] = {}
         for key in report.keys:
             record = self.in_flight.get(key)
             if record is None or report.target not in record.remaining:
@@ -314,19 +477,25 @@ class StreamConsumer(ManagedActor):
                     delay = RETRY_FAILED_SECONDS * (2 ** (attempts - 1))
                     retry_later.setdefault(delay, []).append(key)
                     continue
-            if not record.remaining:
+            if record.chain:
+                onward.setdefault(record.chain.pop(0), []).append(key)
+            elif not record.remaining:
                 finished.append(record)
                 del self.in_flight[key]
+        for target, keys in onward.items():
+            self._send(target, keys)
         if retry_now:
             self._schedule(RETRY_UNAVAILABLE_SECONDS, report.target, tuple(retry_now))
         for delay, keys in retry_later.items():
             self._schedule(delay, report.target, tuple(keys))
         self._send_queued(report.target)
         if finished:
-            self._ack([r.entry for r in finished])
-        if self._waiting_for_room and len(self.in_flight) < MAX_IN_FLIGHT // 2:
-            self._waiting_for_room = False
-            self.tell_self(Poll())
+            # Acked a moment later, in one XACK: a read or a report already waiting is handled
+            # first (the ack is a Redis round trip, and nobody waits for it).
+            if not self._to_ack:
+                self.tell_self(_AckNow())
+            self._to_ack.extend(r.entry for r in finished)
+        self._update_room()
 
     def _ack(self, entries: list[InboundEntry]) -> None:
         try:

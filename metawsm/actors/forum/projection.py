@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from typing import Any, ClassVar
 
@@ -31,6 +32,42 @@ log = logging.getLogger("metawsm.forum")
 
 CATCH_UP_BATCH = 1000
 ANNOUNCED = frozenset({"thread_views", "control_state"})
+EVENT_CACHE_SIZE = 5000
+_LEDGER = "INSERT OR IGNORE INTO forum_projection_events (projection_name, event_id, applied_at) VALUES (?, ?, ?)"
+
+
+class _EventCache:
+    """Decoded ``forum_events`` rows, shared by the projection actors of one daemon.
+
+    The log is append-only and never rewritten, so an event read (and decoded) once by the
+    first projection is what the next three would read again; they take it from here.
+    Only rows read from the log go in, never a delivered payload.
+    """
+
+    def __init__(self, limit: int = EVENT_CACHE_SIZE) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[int, EventMessage] = {}
+        self._limit = limit
+
+    def range(self, after: int, upto: int) -> list[EventMessage] | None:
+        """Events ``after < sequence <= upto`` if all are cached, else None."""
+        with self._lock:
+            events = self._events
+            try:
+                return [events[sequence] for sequence in range(after + 1, upto + 1)]
+            except KeyError:
+                return None
+
+    def add(self, batch: list[EventMessage]) -> None:
+        with self._lock:
+            for event in batch:
+                self._events[event.sequence] = event
+            while len(self._events) > self._limit:
+                del self._events[next(iter(self._events))]
+
+
+def _event_cache(services: Any) -> _EventCache:
+    return services.__dict__.setdefault("forum_event_cache", _EventCache())
 
 
 class _CatchUp(msgspec.Struct, frozen=True):
@@ -59,6 +96,7 @@ class ProjectionActor(ManagedActor):
         # back together with the tables, and the catch-up re-applies from the log.  WAL keeps
         # commits in order, so the next FULL commit (intake, handler) makes this one durable too.
         self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.events = _event_cache(services)
         self.checkpoint = self._load_checkpoint()
         self.failures: dict[int, int] = {}
         self.applied_total = 0
@@ -132,39 +170,74 @@ class ProjectionActor(ManagedActor):
         return found
 
     def _apply_up_to(self, target: int) -> tuple[list[EventMessage], _EventFailed | None]:
-        """Apply ``forum_events`` (checkpoint, target] in one transaction, stopping at a failure.
+        """Apply ``forum_events`` (checkpoint, target], stopping at a failure.
 
-        Each event runs in its own savepoint, so what was applied before a failing event is
-        committed with the checkpoint; the failing event and those after it wait for a retry.
+        Events are read and decoded *before* ``BEGIN IMMEDIATE`` (the log is append-only and
+        only this actor moves its checkpoint, so nothing read can change), so the write lock
+        is held only for the writes.  What was applied before a failing event is committed
+        with the checkpoint; the failing event and those after it wait for a retry.
         """
         applied: list[EventMessage] = []
         failure: _EventFailed | None = None
-        if target <= self.checkpoint:
-            return applied, None
-        start = self.checkpoint
-        try:
-            with write_transaction(self.conn):
-                while failure is None and self.checkpoint < target:
-                    rows = self.conn.execute(
-                        f"SELECT {EVENT_COLUMNS} FROM forum_events WHERE sequence > ? AND sequence <= ?"
-                        " ORDER BY sequence LIMIT ?",
-                        (self.checkpoint, target, CATCH_UP_BATCH),
-                    ).fetchall()
-                    if not rows:
-                        break
-                    for row in rows:
-                        event = event_from_row(row)
-                        try:
-                            self._apply_one(event)
-                        except _EventFailed as error:
-                            failure = error
-                            break
-                        applied.append(event)
-                self._save_checkpoint()
-        except BaseException:
-            self.checkpoint = start  # rolled back: the actor crashes and reloads it anyway
-            raise
+        while failure is None and self.checkpoint < target:
+            events = self._read_events(self.checkpoint, min(target, self.checkpoint + CATCH_UP_BATCH))
+            if not events:
+                break
+            start = self.checkpoint
+            try:
+                batch, failure = self._apply_batch(events)
+            except BaseException:
+                self.checkpoint = start  # rolled back: the actor crashes and reloads it anyway
+                raise
+            applied.extend(batch)
         return applied, failure
+
+    def _read_events(self, after: int, upto: int) -> list[EventMessage]:
+        cached = self.events.range(after, upto)
+        if cached is not None:
+            return cached
+        rows = self.conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM forum_events WHERE sequence > ? AND sequence <= ? ORDER BY sequence",
+            (after, upto),
+        ).fetchall()
+        events = [event_from_row(row) for row in rows]
+        self.events.add(events)
+        return events
+
+    def _apply_batch(self, events: list[EventMessage]) -> tuple[list[EventMessage], _EventFailed | None]:
+        """One transaction for the batch.
+
+        First try: every event applied straight, the ledger rows in one statement (no
+        savepoint per event, which are two more SQLite calls per event).  Only if that raises
+        is it rolled back and done again event by event, each in a savepoint, which isolates
+        the failing event exactly as before; so is a batch holding an event that already
+        failed.
+        """
+        start = self.checkpoint
+        now = now_text()
+        if not any(event.sequence in self.failures for event in events):
+            try:
+                with write_transaction(self.conn):
+                    for event in events:
+                        self.projection.apply(self.conn, event)
+                    self.conn.executemany(_LEDGER, [(self.name, e.envelope.event_id, now) for e in events])
+                    self.checkpoint = events[-1].sequence
+                    self._save_checkpoint()
+                return events, None
+            except Exception:  # noqa: BLE001 - redone below, event by event
+                self.checkpoint = start
+        batch: list[EventMessage] = []
+        failure: _EventFailed | None = None
+        with write_transaction(self.conn):
+            for event in events:
+                try:
+                    self._apply_one(event, now)
+                except _EventFailed as error:
+                    failure = error
+                    break
+                batch.append(event)
+            self._save_checkpoint()
+        return batch, failure
 
     def _announce(self, applied: list[EventMessage]) -> None:
         if applied:
@@ -172,7 +245,7 @@ class ProjectionActor(ManagedActor):
             if self.announce:
                 self.system.tell(BROKER, Applied(projection=self.name, events=applied))
 
-    def _apply_one(self, event: EventMessage) -> None:
+    def _apply_one(self, event: EventMessage, now: str) -> None:
         self.conn.execute("SAVEPOINT event")
         try:
             self.projection.apply(self.conn, event)
@@ -187,10 +260,7 @@ class ProjectionActor(ManagedActor):
             )
         else:
             self.conn.execute("RELEASE event")
-        self.conn.execute(
-            "INSERT OR IGNORE INTO forum_projection_events (projection_name, event_id, applied_at) VALUES (?, ?, ?)",
-            (self.name, event.envelope.event_id, now_text()),
-        )
+        self.conn.execute(_LEDGER, (self.name, event.envelope.event_id, now))
         self.checkpoint = event.sequence
 
     def _count_failure(self, event: EventMessage, error: str) -> None:

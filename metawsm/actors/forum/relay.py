@@ -1,7 +1,13 @@
 """OutboxRelay: publishes pending ``forum_outbox`` rows to Redis Streams, oldest first.
 
 Woken by ``WorkAvailable`` (push); a one-second sweep catches rows written while it was
-down.  On Redis errors the rows stay pending and the relay retries with exponential
+down.  Publishing does not wait for the "sent" marks: the relay remembers the highest
+outbox id it published (outbox ids grow in commit order: writers are serialised and rows
+are never deleted) and reads on from there, while the marks of everything published so far
+are written by one ``_MarkSent`` a moment later (``MARK_DELAY_SECONDS``).  So a publish never
+queues for the database write lock, the mark stays out of the way of the write just
+published, and one mark transaction covers everything published in the meantime.  A
+crash between publish and mark only means a republish, which every consumer dedupes.  On Redis errors the rows stay pending and the relay retries with exponential
 backoff (100 ms → 10 s), reporting the bus unhealthy meanwhile.  It also runs the
 reconcile pass, which republishes what an emptied Redis may have lost.
 """
@@ -33,10 +39,17 @@ SWEEP_SECONDS = 1.0
 TRIM_EVERY_SECONDS = 30.0
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 10.0
+# The "sent" marks wait this long, so they are written once for everything published
+# meanwhile, and never while the pipeline is busy with the write just published.
+MARK_DELAY_SECONDS = 0.05
 
 
 class _Sweep(msgspec.Struct, frozen=True):
     """Safety sweep: publish rows a missed wake-up left behind."""
+
+
+class _MarkSent(msgspec.Struct, frozen=True):
+    """Write the "sent" marks of the rows published since the last mark."""
 
 
 class OutboxRelay(ManagedActor):
@@ -53,6 +66,9 @@ class OutboxRelay(ManagedActor):
         self.bus = open_bus(services, "relay")
         self.topics = consumed_topics(services)
         self._flush_queued = False
+        self._cursor = 0  # highest outbox id published by this incarnation (rows above it are new)
+        self._unmarked: list[int] = []  # published, "sent" mark not written yet
+        self._mark_queued = False
         self._backoff = 0.0
         self._retry_at = 0.0
         self._last_trim = time.monotonic()
@@ -72,6 +88,10 @@ class OutboxRelay(ManagedActor):
         self.tell_self(Flush())
 
     def teardown(self) -> None:
+        try:
+            self._mark_sent()  # best effort: an unwritten mark only means a republish
+        except Exception:  # noqa: BLE001
+            log.debug("relay could not write its last sent marks", exc_info=True)
         self.bus.close()
         self.conn.close()
 
@@ -91,7 +111,11 @@ class OutboxRelay(ManagedActor):
             else:
                 self._flush_queued = False
             self._flush()
+        elif isinstance(message, _MarkSent):
+            self._mark_queued = False
+            self._mark_sent()
         elif isinstance(message, _Sweep):
+            self._rescan()
             self._flush()
             self._maybe_trim()
             self._refresh_claim()
@@ -114,7 +138,7 @@ class OutboxRelay(ManagedActor):
         if time.monotonic() < self._retry_at:
             return
         while True:
-            rows = outbox.pending(self.conn, BATCH)
+            rows = outbox.pending(self.conn, BATCH, self._cursor)
             if not rows:
                 return
             entries = [OutboundEntry(r.message_id, r.topic, r.message_key, r.payload) for r in rows]
@@ -123,11 +147,27 @@ class OutboxRelay(ManagedActor):
             except TransportError as error:
                 self._publish_failed(error, [r.id for r in rows])
                 return
-            with write_transaction(self.conn):
-                outbox.mark_sent(self.conn, [r.id for r in rows], now_text())
+            self._unmarked.extend(r.id for r in rows)
+            self._cursor = rows[-1].id
+            if not self._mark_queued:
+                self._mark_queued = True
+                me = self.actor_ref
+                self.system.scheduler.call_later(MARK_DELAY_SECONDS, lambda: _safe_tell(me, _MarkSent()))
             self._published(len(rows))
             if len(rows) < BATCH:
                 return
+
+    def _mark_sent(self) -> None:
+        if self._unmarked:
+            ids, self._unmarked = self._unmarked, []
+            with write_transaction(self.conn):
+                outbox.mark_sent(self.conn, ids, now_text())
+
+    def _rescan(self) -> None:
+        """Write pending marks, then read the outbox from the start again (rows that went back
+        to pending, or were written by another process, below the cursor)."""
+        self._mark_sent()
+        self._cursor = 0
 
     def _published(self, count: int) -> None:
         if self._backoff:
@@ -173,6 +213,7 @@ class OutboxRelay(ManagedActor):
 
     def _reconcile(self, reason: str) -> dict[str, int]:
         """Republish commands without a verdict and events some projection has not applied."""
+        self._rescan()  # marks first, so none lands on a row this pass sends back to pending
         now = now_text()
         topics = self.services.topics
         with write_transaction(self.conn):
