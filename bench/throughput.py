@@ -1,4 +1,4 @@
-# Run:  .venv/bin/python bench/throughput.py [--duration 60] [--connections 32]
+# Run:  .venv/bin/python bench/throughput.py [--duration 60] [--connections 128]
 #       .venv/bin/python bench/throughput.py --duration 600          # the 10-minute target run
 """Sustained forum writes/s through a real ``metawsm serve``, then the nothing-lost check.
 
@@ -110,7 +110,8 @@ async def load(serve: Serve, connections: int, threads: int, duration: float, in
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60; 600 = 10 min)")
-    parser.add_argument("--connections", type=int, default=32, help="concurrent client connections (default 32)")
+    parser.add_argument("--connections", type=int, default=128,
+                        help="concurrent client connections (default 128: enough requests in flight to keep the daemon busy)")
     parser.add_argument("--threads", type=int, default=32, help="forum threads written to (default 32)")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds per interval in the timeline")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")

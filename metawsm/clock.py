@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
+
+# now_text() runs several times per forum write; strftime for every call was a visible
+# share of the daemon's CPU, so the seconds part is formatted once per second.
+_second_prefix: tuple[int, str] = (-1, "")
 
 
 def utc_now() -> datetime:
@@ -15,7 +20,14 @@ def format_time(moment: datetime) -> str:
 
 
 def now_text() -> str:
-    return format_time(utc_now())
+    """The current time in the format of :func:`format_time`."""
+    global _second_prefix
+    second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+    cached_second, prefix = _second_prefix
+    if cached_second != second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_prefix = (second, prefix)
+    return f"{prefix}.{micro:06d}Z"
 
 
 def parse_time(text: str) -> datetime:

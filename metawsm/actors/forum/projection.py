@@ -58,6 +58,12 @@ class _EventCache:
             except KeyError:
                 return None
 
+    def event_ids(self, sequences: list[int]) -> dict[int, str]:
+        """The event id logged at each of ``sequences`` that is cached."""
+        with self._lock:
+            events = self._events
+            return {s: events[s].envelope.event_id for s in sequences if s in events}
+
     def add(self, batch: list[EventMessage]) -> None:
         with self._lock:
             for event in batch:
@@ -158,8 +164,9 @@ class ProjectionActor(ManagedActor):
         return DeliveryReport(failed=failed)
 
     def _logged_ids(self, sequences: list[int]) -> dict[int, str]:
-        found: dict[int, str] = {}
         unique = sorted(set(sequences))
+        found = self.events.event_ids(unique)  # whatever an earlier projection already read
+        unique = [sequence for sequence in unique if sequence not in found]
         for start in range(0, len(unique), 500):
             chunk = unique[start:start + 500]
             marks = ",".join("?" * len(chunk))
