@@ -191,6 +191,32 @@ def test_env_var_selects_the_server(serve_process):
     assert len(tsv(ok(cli("forum", "list", server=None, env={"METAWSM_SERVER": serve_process.url})))) == 1
 
 
+def test_twenty_cli_processes_writing_at_once_all_succeed(serve_process):
+    """targets.md "Concurrent CLIs": no ``database is locked`` (or any other failure)."""
+    server = serve_process.url
+    thread_id = ask(server, "Shared thread")
+    env = {k: v for k, v in os.environ.items() if k != "METAWSM_SERVER"}
+    argvs = []
+    for i in range(20):
+        if i % 2:
+            argvs.append(["forum", "post", "--thread-id", thread_id, "--body", f"post {i}"])
+        else:
+            argvs.append(["forum", "ask", "--ticket", TICKET, "--title", f"parallel {i}", "--body", "b"])
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "metawsm", *argv, "--server", server],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for argv in argvs
+    ]
+    outcomes = [(p.wait(timeout=60), p.stdout.read(), p.stderr.read()) for p in processes]  # type: ignore[union-attr]
+    for code, stdout, stderr in outcomes:
+        assert code == 0 and "locked" not in stderr, f"exit {code}\nstdout: {stdout}\nstderr: {stderr}"
+    detail = api(server, f"/forum/threads/{thread_id}")
+    assert sorted(p["body"] for p in detail["posts"] if p["body"].startswith("post ")) == sorted(
+        f"post {i}" for i in range(1, 20, 2))
+    assert len([t for t in api(server, "/forum/threads", ticket=TICKET, limit=100)["threads"]
+                if t["title"].startswith("parallel ")]) == 10
+
+
 # -- reads and --json --------------------------------------------------------------------------
 
 

@@ -21,8 +21,7 @@ log = logging.getLogger("metawsm.api")
 
 def route_table() -> RouteTable:
     table = RouteTable()
-    ui = {(route.method, route.path) for route in web_routes.routes()}  # the UI's "/" replaces the placeholder
-    table.extend([route for route in system_routes.routes() if (route.method, route.path) not in ui])
+    table.extend(system_routes.routes())
     table.extend(forum_routes.routes())
     table.extend(stream.routes())
     table.extend(runs_routes.routes())

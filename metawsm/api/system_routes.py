@@ -111,25 +111,6 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=document, content_type="application/json")
 
 
-INDEX_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>metawsm</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;line-height:1.5}</style>
-</head><body>
-<h1>metawsm</h1>
-<p>The daemon is running. The web UI is not built yet.</p>
-<p>Use the CLI (<code>metawsm forum list</code>) or the HTTP API:
-the <a href="/api/v1/openapi.json">OpenAPI document</a> lists every route,
-<a href="/api/v1/health">health</a> shows the pipeline, and
-<a href="/api/v1/debug/actors">the actor tree</a> shows who is running.</p>
-</body></html>
-"""
-
-
-async def index(request: web.Request) -> web.Response:
-    return web.Response(text=INDEX_HTML, content_type="text/html")
-
-
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"  # the exposition format's own media type
 OPENAPI: web.AppKey[bytes] = web.AppKey("metawsm_openapi", bytes)
 
@@ -145,7 +126,6 @@ def routes() -> list[Route]:
               responses={200: CrashResponse, 404: ErrorResponse}),
         Route("GET", "/api/v1/openapi.json", openapi, "This document", "system", responses={200: "application/json"}),
         Route("GET", "/metrics", metrics, "Prometheus metrics", "system", responses={200: "text/plain"}),
-        Route("GET", "/", index, "Web UI", "system", responses={200: "text/html"}),
     ]
 
 
