@@ -474,6 +474,20 @@ def wait_caught_up(db_path: Path, timeout: float = 120.0) -> float:
     return time.perf_counter() - started
 
 
+def report_invariants(heading: str, found: Sequence[str], bad: Sequence[str], ok_line: str = "OK") -> int:
+    """Print what the checks found and any violation; the script's exit status (1 on violation)."""
+    print(heading)
+    for line in found:
+        print(f"  {line}")
+    if bad:
+        print(f"VIOLATIONS ({len(bad)}):")
+        for line in bad:
+            print(f"  {line}")
+        return 1
+    print(f"  {ok_line}")
+    return 0
+
+
 def check_invariants(db_path: Path, acknowledged: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """Check the reliability invariants; returns (what was found, violations).
 

@@ -53,6 +53,7 @@ from _harness import (  # noqa: E402
     http,
     machine_facts,
     policy,
+    report_invariants,
     start_redis,
     wait_caught_up,
 )
@@ -349,16 +350,7 @@ def main() -> int:
     print("what it did:")
     for line in outcome.did:
         print(f"  {line}")
-    print("what it found:")
-    for line in outcome.found:
-        print(f"  {line}")
-    if outcome.violations:
-        print(f"VIOLATIONS ({len(outcome.violations)}):")
-        for line in outcome.violations:
-            print(f"  {line}")
-        return 1
-    print("OK: no invariant violated")
-    return 0
+    return report_invariants("what it found:", outcome.found, outcome.violations, "OK: no invariant violated")
 
 
 if __name__ == "__main__":

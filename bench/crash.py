@@ -48,6 +48,7 @@ from _harness import (  # noqa: E402
     latency_row,
     machine_facts,
     policy,
+    report_invariants,
     start_redis,
     table,
     wait_caught_up,
@@ -237,17 +238,10 @@ def main() -> int:
           f"(503 = intake restarting, 0 = connection error; not acknowledged, so not checked)")
     print(f"drain after the crashes: {drain * 1000:.0f} ms" if drain >= 0 else "NOT DRAINED within 120 s")
     print(busy)
-    print("invariants:")
-    for line in found:
-        print(f"  {line}")
-    if bad:
-        print("VIOLATIONS:")
-        for line in bad:
-            print(f"  {line}")
+    status = report_invariants("invariants:", found, bad)
+    if status:
         print(serve_log)
-        return 1
-    print("  OK")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -298,7 +298,7 @@ def main() -> int:
     print()
     rows = [latency_row(f"phase 1: {args.clients} clients reading", latencies.get(1, []))]
     if 2 in latencies:
-        rows.append(latency_row(f"phase 2: + 1 stalled client", latencies[2]))
+        rows.append(latency_row("phase 2: + 1 stalled client", latencies[2]))
     print(table(LATENCY_HEADERS, rows, title="POST sent -> frame received, per client and event"))
     print()
     p1 = outcome["phase1"]

@@ -44,6 +44,7 @@ from _harness import (  # noqa: E402
     latency_row,
     machine_facts,
     policy,
+    report_invariants,
     start_redis,
     table,
     wait_caught_up,
@@ -275,16 +276,7 @@ def main() -> int:
     print()
     print(f"writes acknowledged {len(writer.acknowledged)}, refused or failed {writer.failed} "
           f"(not acknowledged, not checked); caught up: {caught >= 0}")
-    print("invariants:")
-    for line in found:
-        print(f"  {line}")
-    if bad:
-        print("VIOLATIONS:")
-        for line in bad:
-            print(f"  {line}")
-        return 1
-    print("  OK")
-    return 0
+    return report_invariants("invariants:", found, bad)
 
 
 if __name__ == "__main__":

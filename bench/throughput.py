@@ -29,8 +29,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (  # noqa: E402
-    LATENCY_HEADERS,
     HttpClosed,
+    LATENCY_HEADERS,
     MachineLoad,
     RawHttp,
     Scratch,
@@ -39,6 +39,7 @@ from _harness import (  # noqa: E402
     latency_row,
     machine_facts,
     policy,
+    report_invariants,
     start_redis,
     table,
     wait_caught_up,
@@ -149,16 +150,8 @@ def main() -> int:
     print()
     print(table(LATENCY_HEADERS, [latency_row("POST -> 200/202 under load", result["latencies"])]))
     print()
-    print("nothing-lost check:")
-    for line in found:
-        print(f"  {line}")
-    if bad:
-        print("VIOLATIONS:")
-        for line in bad:
-            print(f"  {line}")
-        return 1
-    print("  OK: every acknowledged write is in forum_events once; projections caught up, counters match")
-    return 0
+    return report_invariants("nothing-lost check:", found, bad,
+                             "OK: every acknowledged write is in forum_events once; projections caught up, counters match")
 
 
 if __name__ == "__main__":

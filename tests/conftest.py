@@ -12,10 +12,14 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from metawsm.transport.redis_process import RedisProcess
+
+if TYPE_CHECKING:  # imported lazily in the fixtures: collecting tests should not load the daemon
+    from support.daemon import InProcessDaemon, ServeProcess
 from support.processes import (
     kill_tmux_server,
     require_executable,

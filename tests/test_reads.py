@@ -20,7 +20,7 @@ from metawsm.forum.errors import ForumError, ThreadNotFound
 from metawsm.forum.projections.registry import PROJECTION_NAMES, create_projection
 from metawsm.forum.reads import ForumReader, ThreadFilters, Viewer
 from metawsm.forum.views import EventPage, ThreadPage, ThreadView
-from metawsm.store import Database, open_connection, write_transaction
+from metawsm.store import Database, write_transaction
 from support.forum_events import BASE_TIME, ForumEvents, ingest, write_log
 
 

@@ -102,6 +102,20 @@ class ManagedActor(pykka.ThreadingActor):
         except pykka.ActorDeadError:
             pass
 
+    def tell_self_every(self, seconds: float, message: Any) -> None:
+        """Tell this incarnation ``message`` every ``seconds`` (sweeps, polls); the timer ends
+        with it, so a replacement starts its own."""
+        ref = self.actor_ref
+
+        def tick() -> bool:
+            try:
+                ref.tell(message)
+                return True
+            except pykka.ActorDeadError:
+                return False
+
+        self.system.scheduler.every(seconds, tick)
+
     # -- Pykka hooks ----------------------------------------------------------------------
 
     def on_start(self) -> None:

@@ -35,16 +35,7 @@ class RedisServer(ManagedActor):
         if not self.process.is_running():
             self.process.start()
             log.info("embedded redis started at %s (pid %s)", self.process.url, self.process.pid)
-        me = self.actor_ref
-
-        def check() -> bool:
-            try:
-                me.tell(_Check())
-                return True
-            except Exception:  # noqa: BLE001 - a dead actor ends the ticker
-                return False
-
-        self.system.scheduler.every(CHECK_SECONDS, check)
+        self.tell_self_every(CHECK_SECONDS, _Check())
 
     def handle(self, message: Any) -> Any:
         if isinstance(message, _Check):

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import msgspec
 import pykka
@@ -157,8 +157,7 @@ class Supervisor(ManagedActor):
         for spec in self._initial_specs:
             slot = self._add_slot(spec)
             self._start_slot(slot)
-        me = self.actor_ref
-        self.system.scheduler.every(SWEEP_SECONDS, lambda: _tell_alive(me, SweepChildren()))
+        self.tell_self_every(SWEEP_SECONDS, SweepChildren())
 
     def teardown(self) -> None:
         # reverse start order: a child may rely on those started before it until it is gone

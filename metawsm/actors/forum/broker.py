@@ -39,16 +39,7 @@ class EventBroker(ManagedActor):
         self.conn: sqlite3.Connection = self.system.services.db.connect()
         self.events_total = 0
         self.last_sequence = 0
-        me = self.actor_ref
-
-        def sweep() -> bool:
-            try:
-                me.tell(_Resync())
-                return True
-            except Exception:  # noqa: BLE001 - a dead broker ends its ticker
-                return False
-
-        self.system.scheduler.every(RESYNC_SECONDS, sweep)
+        self.tell_self_every(RESYNC_SECONDS, _Resync())
         self.tell_self(_Resync())
 
     def teardown(self) -> None:

@@ -205,15 +205,7 @@ class StreamConsumer(ManagedActor):
         self.parked_total = 0
         self.status.consumer_running = True
         me = self.actor_ref
-
-        def tick() -> bool:
-            try:
-                me.tell(_Tick())
-                return True
-            except Exception:  # noqa: BLE001 - a dead consumer ends its ticker
-                return False
-
-        self.system.scheduler.every(TICK_SECONDS, tick)
+        self.tell_self_every(TICK_SECONDS, _Tick())
         self.system.scheduler.call_later(LATE_RECLAIM_SECONDS, lambda: _safe_tell(me, _LateReclaim()))
         self._start_reading()
 

@@ -75,16 +75,7 @@ class OutboxRelay(ManagedActor):
         self._last_claim = time.monotonic()
         self.published_total = 0
         self.last_published_at: str | None = None
-        me = self.actor_ref
-
-        def sweep() -> bool:
-            try:
-                me.tell(_Sweep())
-                return True
-            except Exception:  # noqa: BLE001 - dead actor ends the ticker
-                return False
-
-        self.system.scheduler.every(SWEEP_SECONDS, sweep)
+        self.tell_self_every(SWEEP_SECONDS, _Sweep())
         self.tell_self(Flush())
 
     def teardown(self) -> None:
