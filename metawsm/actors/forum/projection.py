@@ -284,38 +284,41 @@ class ProjectionActor(ManagedActor):
         self._announce(applied)
 
     def _rebuild(self) -> RebuildResult:
+        """Clear the projection, then replay the log into it batch by batch.
+
+        One transaction per ``CATCH_UP_BATCH`` events, not one for the whole log: a single
+        transaction held the database write lock for as long as the replay took (seconds per
+        100,000 events), long enough for writers to give up with ``database is locked`` on a
+        large log.  Between batches other writers get the lock.  Readers meanwhile see the
+        projection part-way rebuilt (its lag in health says how far); a crash part-way leaves a
+        consistent checkpoint, from which the restarted actor's catch-up finishes the replay.
+        """
         started = time.perf_counter()
         before = self.checkpoint
-        fresh: list[EventMessage] = []  # events the incremental path had not applied yet
         with write_transaction(self.conn):
             self.projection.clear(self.conn)
             self.conn.execute("DELETE FROM forum_projection_events WHERE projection_name = ?", (self.name,))
             self.checkpoint = 0
-            replayed = 0
-            try:
-                while True:
-                    rows = self.conn.execute(
-                        f"SELECT {EVENT_COLUMNS} FROM forum_events WHERE sequence > ? ORDER BY sequence LIMIT ?",
-                        (self.checkpoint, CATCH_UP_BATCH),
-                    ).fetchall()
-                    if not rows:
-                        break
-                    for row in rows:
-                        event = event_from_row(row)
-                        self.projection.apply(self.conn, event)
-                        self.conn.execute(
-                            "INSERT OR IGNORE INTO forum_projection_events (projection_name, event_id, applied_at)"
-                            " VALUES (?, ?, ?)",
-                            (self.name, event.envelope.event_id, now_text()),
-                        )
-                        self.checkpoint = event.sequence
-                        if event.sequence > before:
-                            fresh.append(event)
-                        replayed += 1
-                self._save_checkpoint()
-            except BaseException:
-                self.checkpoint = before
-                raise
+            self._save_checkpoint()
+        self.failures.clear()
+        target = self.conn.execute("SELECT COALESCE(MAX(sequence), 0) FROM forum_events").fetchone()[0]
+        fresh: list[EventMessage] = []  # events the incremental path had not applied yet
+        replayed = 0
+        while self.checkpoint < target:
+            events = self._read_events(self.checkpoint, min(target, self.checkpoint + CATCH_UP_BATCH))
+            if not events:
+                break
+            now = now_text()
+            with write_transaction(self.conn):
+                for event in events:
+                    self.projection.apply(self.conn, event)
+                self.conn.executemany(_LEDGER, [(self.name, e.envelope.event_id, now) for e in events])
+                self.conn.execute(
+                    "UPDATE forum_projection_checkpoints SET last_sequence = ?, updated_at = ?"
+                    " WHERE projection_name = ?", (events[-1].sequence, now, self.name))
+            self.checkpoint = events[-1].sequence
+            fresh.extend(event for event in events if event.sequence > before)
+            replayed += len(events)
         # Events applied for the first time by the rebuild would otherwise never be announced
         # (their deliveries now find them at or below the checkpoint): a caller waiting for
         # one of them would hang until its budget ran out.
