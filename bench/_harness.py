@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -41,7 +40,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from metawsm.store import open_connection  # noqa: E402 - after the path tweak so a checkout runs as is
-from metawsm.transport.redis_process import RedisProcess, free_tcp_port  # noqa: E402
+from metawsm.transport.redis_process import RedisProcess  # noqa: E402
+
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+from support.daemon import ServeProcess  # noqa: E402 - the tests' serve process, shared
 
 PROJECTIONS = ("thread_views", "thread_stats", "queue_view", "control_state")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -84,43 +87,13 @@ def policy(redis_url: str, stream: str = "bench", *, supervision: dict[str, Any]
     return data
 
 
-class Serve:
-    """A real ``metawsm serve`` subprocess on a free loopback port, with its own DB and policy."""
-
-    def __init__(self, workdir: Path, policy_data: dict[str, Any], *, debug: bool = True,
-                 port: int | None = None) -> None:
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.db_path = workdir / ".metawsm" / "metawsm.db"
-        self.policy_path = workdir / ".metawsm" / "policy.json"
-        self.policy_path.parent.mkdir(parents=True, exist_ok=True)
-        self.policy_path.write_text(json.dumps(policy_data))
-        self.port = port or free_tcp_port()
-        self.debug = debug
-        self.log_path = workdir / "serve.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+class Serve(ServeProcess):
+    """The tests' ``metawsm serve`` subprocess, plus what the benches time and inspect."""
 
     @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
-
-    def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "metawsm", "serve", "--addr", f"127.0.0.1:{self.port}",
-                "--db", str(self.db_path), "--policy", str(self.policy_path)]
-        return argv + (["--debug"] if self.debug else [])
-
-    def spawn(self) -> None:
-        self.starts += 1
-        with open(self.log_path, "ab") as log:
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
-            self.process = subprocess.Popen(self.argv(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env)
 
     def start(self, timeout: float = 30.0) -> float:
         """Spawn and wait for health 200; return the seconds it took."""
@@ -154,22 +127,6 @@ class Serve:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-    def kill(self) -> None:
-        """``kill -9``."""
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from metawsm.forum.event_cache import EventCache
 from metawsm.forum.topics import Topics
 from metawsm.policy import Policy
 from metawsm.store import Database
@@ -78,6 +79,7 @@ class Services:
     server_url: str = "http://127.0.0.1:3001"  # given to agents as METAWSM_SERVER
     base_dir: str = "."  # where relative policy paths (workspace root) are resolved
     namespace_claim: Any = None  # NamespaceClaim, refreshed by the outbox relay
+    event_cache: EventCache = field(default_factory=EventCache)  # log rows the projections share
 
     def __post_init__(self) -> None:
         t = self.policy.forum.topics

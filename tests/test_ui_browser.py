@@ -21,7 +21,6 @@ No sleeps: every wait is Playwright's deadline-based ``expect``/``wait_for`` or 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -30,25 +29,17 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from metawsm.waiting import wait_until
+from support.browser import DESKTOP, SCREENSHOTS, VIEWER, announce, launched_chromium, record_page_problems
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'")
 expect = sync_api.expect
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
-DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-VIEWER = "ana"
 
 expect.set_options(timeout=10_000)
 
@@ -58,15 +49,7 @@ expect.set_options(timeout=10_000)
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's browser with "
-                    "`apt-get install -y chromium chromium-driver` (.ci/run does this when it is missing)")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    yield from launched_chromium(sync_api)
 
 
 @dataclass
@@ -93,26 +76,11 @@ def ui(browser: Any, serve_process: Any) -> Iterator[Ui]:
                             f"localStorage.setItem('metawsm.viewer', {json.dumps(VIEWER)}); }} catch (e) {{}}")
     page = context.new_page()
     state = Ui(page, serve_process.url)
-    host = serve_process.url.split("//", 1)[1]
-    page.on("request", lambda r: None if r.url.split("//", 1)[-1].startswith(host) or r.url.startswith("data:")
-            else state.external.append(r.url))
-    page.on("pageerror", lambda error: state.errors.append(str(error)))
+    record_page_problems(page, serve_process.url, state.external, state.errors)
     try:
         yield state
     finally:
         context.close()
-
-
-def announce(request: pytest.FixtureRequest, text: str) -> None:
-    """A line in the test output even when output is captured."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.ensure_newline()
-            reporter.write_line(text)
-    else:
-        print(text)
 
 
 # -- talking to the daemon like another client would ------------------------------------------------

@@ -24,29 +24,20 @@ Playwright's ``expect``/``wait_for`` or :func:`metawsm.waiting.wait_until`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from metawsm.waiting import wait_until
 from support.agents import RunsEnv, find_node, git, runs_env  # noqa: F401 - runs_env is a fixture
+from support.browser import DESKTOP, SCREENSHOTS, VIEWER, announce, launched_chromium, record_page_problems
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'")
 expect = sync_api.expect
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
-DESKTOP = {"width": 1280, "height": 800}
-VIEWER = "ana"
 QUESTION = "Which database should I use?"
 CONTEXT = "postgres or sqlite"
 ANSWER = "Use SQLite"
@@ -69,15 +60,7 @@ exec sleep 600
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's browser with "
-                    "`apt-get install -y chromium chromium-driver` (.ci/run does this when it is missing)")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    yield from launched_chromium(sync_api)
 
 
 @pytest.fixture
@@ -98,29 +81,15 @@ def page(browser: Any, env: RunsEnv) -> Iterator[Any]:
     context = browser.new_context(viewport=DESKTOP)
     context.add_init_script(f"try {{ localStorage.setItem('metawsm.viewer', {json.dumps(VIEWER)}); }} catch (e) {{}}")
     page = context.new_page()
-    host = env.url.split("//", 1)[1]
     external: list[str] = []
     errors: list[str] = []
-    page.on("request", lambda r: None if r.url.split("//", 1)[-1].startswith(host) or r.url.startswith("data:")
-            else external.append(r.url))
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    record_page_problems(page, env.url, external, errors)
     try:
         yield page
         assert not external, f"the page made requests outside the daemon: {external}"
         assert not errors, f"JavaScript errors on the page: {errors}"
     finally:
         context.close()
-
-
-def announce(request: pytest.FixtureRequest, text: str) -> None:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.ensure_newline()
-            reporter.write_line(text)
-    else:
-        print(text)
 
 
 def loads(page: Any) -> int:

@@ -238,17 +238,7 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         # What SQLite's busy handler would have said after the same wait.
         raise sqlite3.OperationalError("database is locked")
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException as exc:
-            _rollback_quietly(conn, exc)
-            raise
-        try:
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            _rollback_quietly(conn, exc)
-            raise
+        yield from _transaction(conn, "BEGIN IMMEDIATE")
     finally:
         if gate is not None:
             gate.release()
@@ -262,7 +252,12 @@ def read_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     Do not write inside it: use :func:`write_transaction` for that.
     """
     _refuse_nesting(conn, "read_transaction")
-    conn.execute("BEGIN")
+    yield from _transaction(conn, "BEGIN")
+
+
+def _transaction(conn: sqlite3.Connection, begin: str) -> Iterator[sqlite3.Connection]:
+    """The body both context managers share: ``begin``, yield, COMMIT; ROLLBACK on any exception."""
+    conn.execute(begin)
     try:
         yield conn
     except BaseException as exc:

@@ -74,12 +74,16 @@ class ServeProcess:
                 "--db", str(self.db_path), "--policy", str(self.policy_path)]
         return argv + (["--debug"] if self.debug else [])
 
-    def start(self, timeout: float = 20.0) -> "ServeProcess":
+    def spawn(self) -> None:
+        """Start the process without waiting for it (its output is appended to ``log_path``)."""
         self.starts += 1
-        log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(self.argv(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            self.process = subprocess.Popen(self.argv(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env)
+
+    def start(self, timeout: float = 20.0) -> "ServeProcess":
+        self.spawn()
         wait_until(self._ready, timeout=timeout, message=f"metawsm serve on {self.url} did not become ready; log:\n"
                    + "see " + str(self.log_path))
         return self

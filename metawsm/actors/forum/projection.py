@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
 from typing import Any, ClassVar
 
@@ -32,48 +31,7 @@ log = logging.getLogger("metawsm.forum")
 
 CATCH_UP_BATCH = 1000
 ANNOUNCED = frozenset({"thread_views", "control_state"})
-EVENT_CACHE_SIZE = 5000
 _LEDGER = "INSERT OR IGNORE INTO forum_projection_events (projection_name, event_id, applied_at) VALUES (?, ?, ?)"
-
-
-class _EventCache:
-    """Decoded ``forum_events`` rows, shared by the projection actors of one daemon.
-
-    The log is append-only and never rewritten, so an event read (and decoded) once by the
-    first projection is what the next three would read again; they take it from here.
-    Only rows read from the log go in, never a delivered payload.
-    """
-
-    def __init__(self, limit: int = EVENT_CACHE_SIZE) -> None:
-        self._lock = threading.Lock()
-        self._events: dict[int, EventMessage] = {}
-        self._limit = limit
-
-    def range(self, after: int, upto: int) -> list[EventMessage] | None:
-        """Events ``after < sequence <= upto`` if all are cached, else None."""
-        with self._lock:
-            events = self._events
-            try:
-                return [events[sequence] for sequence in range(after + 1, upto + 1)]
-            except KeyError:
-                return None
-
-    def event_ids(self, sequences: list[int]) -> dict[int, str]:
-        """The event id logged at each of ``sequences`` that is cached."""
-        with self._lock:
-            events = self._events
-            return {s: events[s].envelope.event_id for s in sequences if s in events}
-
-    def add(self, batch: list[EventMessage]) -> None:
-        with self._lock:
-            for event in batch:
-                self._events[event.sequence] = event
-            while len(self._events) > self._limit:
-                del self._events[next(iter(self._events))]
-
-
-def _event_cache(services: Any) -> _EventCache:
-    return services.__dict__.setdefault("forum_event_cache", _EventCache())
 
 
 class _CatchUp(msgspec.Struct, frozen=True):
@@ -102,7 +60,7 @@ class ProjectionActor(ManagedActor):
         # back together with the tables, and the catch-up re-applies from the log.  WAL keeps
         # commits in order, so the next FULL commit (intake, handler) makes this one durable too.
         self.conn.execute("PRAGMA synchronous = NORMAL")
-        self.events = _event_cache(services)
+        self.events = services.event_cache
         self.checkpoint = self._load_checkpoint()
         self.failures: dict[int, int] = {}
         self.applied_total = 0
@@ -302,23 +260,11 @@ class ProjectionActor(ManagedActor):
             self._save_checkpoint()
         self.failures.clear()
         target = self.conn.execute("SELECT COALESCE(MAX(sequence), 0) FROM forum_events").fetchone()[0]
-        fresh: list[EventMessage] = []  # events the incremental path had not applied yet
-        replayed = 0
-        while self.checkpoint < target:
-            events = self._read_events(self.checkpoint, min(target, self.checkpoint + CATCH_UP_BATCH))
-            if not events:
-                break
-            now = now_text()
-            with write_transaction(self.conn):
-                for event in events:
-                    self.projection.apply(self.conn, event)
-                self.conn.executemany(_LEDGER, [(self.name, e.envelope.event_id, now) for e in events])
-                self.conn.execute(
-                    "UPDATE forum_projection_checkpoints SET last_sequence = ?, updated_at = ?"
-                    " WHERE projection_name = ?", (events[-1].sequence, now, self.name))
-            self.checkpoint = events[-1].sequence
-            fresh.extend(event for event in events if event.sequence > before)
-            replayed += len(events)
+        applied, failure = self._apply_up_to(int(target))  # batch by batch, like any catch-up
+        if failure is not None:
+            raise failure  # crash: the restarted actor resumes from the last committed batch
+        fresh = [event for event in applied if event.sequence > before]  # not applied before the rebuild
+        replayed = len(applied)
         # Events applied for the first time by the rebuild would otherwise never be announced
         # (their deliveries now find them at or below the checkpoint): a caller waiting for
         # one of them would hang until its budget ran out.

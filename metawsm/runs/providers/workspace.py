@@ -336,10 +336,30 @@ def _merge_into_base(source: Path, repo: str, branch: str, base: str, message: s
         run_git(["-C", str(source), "worktree", "prune"], check=False)
 
 
+class _GitCheckouts:
+    """Inspection shared by the providers whose checkouts are git worktrees at ``repo_path``."""
+
+    def repo_path(self, workspace: str, repo: str) -> Path:
+        raise NotImplementedError
+
+    def dirty_files(self, workspace: str, repo: str) -> list[str]:
+        """Uncommitted paths (modified, staged, deleted, untracked) of the repo's worktree."""
+        return dirty_paths(self.repo_path(workspace, repo))
+
+    def last_commit_time(self, workspace: str, repo: str) -> float | None:
+        """Committer time (epoch seconds) of the worktree's HEAD, None if there is none."""
+        path = self.repo_path(workspace, repo)
+        return last_commit_at(path) if path.is_dir() else None
+
+    def status_fingerprint(self, workspace: str, repo: str) -> str:
+        """A hash that changes with HEAD and with any file change: the "progress" signal."""
+        return fingerprint(self.repo_path(workspace, repo))
+
+
 # --------------------------------------------------------------------------- git_worktree
 
 
-class GitWorktreeProvider:
+class GitWorktreeProvider(_GitCheckouts):
     """Workspaces as plain ``git worktree`` checkouts: ``<root>/<workspace>/<repo>``."""
 
     name = "git_worktree"
@@ -471,21 +491,6 @@ class GitWorktreeProvider:
                 return Path(common).parent
         return None
 
-    # -- inspection --------------------------------------------------------------------------
-
-    def dirty_files(self, workspace: str, repo: str) -> list[str]:
-        """Uncommitted paths (modified, staged, deleted, untracked) of the repo's worktree."""
-        return dirty_paths(self.repo_path(workspace, repo))
-
-    def last_commit_time(self, workspace: str, repo: str) -> float | None:
-        """Committer time (epoch seconds) of the worktree's HEAD, None if there is none."""
-        path = self.repo_path(workspace, repo)
-        return last_commit_at(path) if path.is_dir() else None
-
-    def status_fingerprint(self, workspace: str, repo: str) -> str:
-        """A hash that changes with HEAD and with any file change: the "progress" signal."""
-        return fingerprint(self.repo_path(workspace, repo))
-
     def merge(self, workspace: str, repo: str, message: str | None = None) -> str:
         """Merge ``<prefix>/<workspace>`` into the base branch (``--no-ff``); returns the commit.
 
@@ -504,7 +509,7 @@ class GitWorktreeProvider:
 # --------------------------------------------------------------------------- wsm
 
 
-class WsmProvider:
+class WsmProvider(_GitCheckouts):
     """Delegates workspace creation/removal to the ``wsm`` binary (go-go-golems workspace-manager).
 
     Assumed subcommands (kept minimal):
@@ -584,16 +589,6 @@ class WsmProvider:
         if result.returncode != 0 and self._wsm("path", workspace, check=False).returncode == 0:
             detail = result.stderr.strip() or result.stdout.strip()
             raise WorkspaceError(f"wsm delete {workspace} failed: {detail}")
-
-    def dirty_files(self, workspace: str, repo: str) -> list[str]:
-        return dirty_paths(self.repo_path(workspace, repo))
-
-    def last_commit_time(self, workspace: str, repo: str) -> float | None:
-        path = self.repo_path(workspace, repo)
-        return last_commit_at(path) if path.is_dir() else None
-
-    def status_fingerprint(self, workspace: str, repo: str) -> str:
-        return fingerprint(self.repo_path(workspace, repo))
 
     def merge(self, workspace: str, repo: str, message: str | None = None) -> str:
         dest = self.repo_path(workspace, repo)
