@@ -7,11 +7,8 @@ not done yet are executed, live agents are re-attached, signals are re-evaluated
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,46 +30,11 @@ from metawsm.runs.model import LIVE, GateBlocked, RunError, RunStatus
 from metawsm.runs.planner import STEP_AGENT, STEP_DOCS, STEP_RUN_FILE, STEP_VERIFY, STEP_WORKSPACE
 from metawsm.runs.wiring import docs_provider_for, source_repo, workspace_provider_for
 from metawsm.runs.snapshot import control_rows
-from metawsm.runs.providers.workspace import WorkspaceError, _porcelain_paths
 from metawsm.runs.tmux import Tmux
 
 log = logging.getLogger("metawsm.runs")
 
 S = RunStatus
-
-
-def quiet_fingerprint(path: Path) -> str:
-    """The workspace provider's progress fingerprint, computed without taking git's index lock.
-
-    Plain ``git status`` refreshes the index and takes ``.git/index.lock`` while it does; polled
-    every ``health.poll_seconds`` next to a working agent, it made the agent's own ``git add``
-    and ``git commit`` fail now and then ("index.lock: File exists").  ``--no-optional-locks``
-    (``GIT_OPTIONAL_LOCKS=0``) skips that optional write; the result is the same hash.
-    """
-    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
-    for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR"):
-        env.pop(name, None)
-
-    def git(*args: str) -> str | None:
-        result = subprocess.run(["git", "--no-optional-locks", "-C", str(path), *args], capture_output=True,
-                                text=True, env=env, stdin=subprocess.DEVNULL, timeout=30, check=False)
-        return result.stdout if result.returncode == 0 else None
-
-    if not path.is_dir():
-        raise WorkspaceError(f"workspace checkout {path} does not exist")
-    raw = git("status", "--porcelain=v1", "-z", "--untracked-files=all")
-    if raw is None:
-        raise WorkspaceError(f"git status in {path} failed")
-    digest = hashlib.sha256()
-    digest.update((git("rev-parse", "HEAD") or "no-head").strip().encode())
-    digest.update(b"\0" + raw.encode("utf-8", "surrogateescape"))
-    for rel in _porcelain_paths(raw):
-        try:
-            st = (path / rel).stat()
-            digest.update(f"\0{rel}\0{st.st_size}\0{st.st_mtime_ns}".encode("utf-8", "surrogateescape"))
-        except OSError:
-            digest.update(f"\0{rel}\0missing".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
 
 
 class RunActor(Supervisor):
@@ -255,7 +217,7 @@ class RunActor(Supervisor):
         provider, repos = self.workspaces, list(self.spec.repos)
 
         def fingerprint() -> str:
-            return "|".join(quiet_fingerprint(provider.repo_path(workspace, repo)) for repo in repos)
+            return "|".join(provider.status_fingerprint(workspace, repo) for repo in repos)
 
         return fingerprint
 

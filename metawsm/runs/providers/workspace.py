@@ -231,12 +231,13 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     """Changes whenever HEAD moves or a file's content/status changes in the checkout.
 
     Porcelain status alone does not change when an already-modified file is edited again, so
-    each dirty path's size and mtime are mixed in.
+    each dirty path's size and mtime are mixed in.  Polled next to a working agent, so no git
+    call here may take the index lock the agent's own ``git add``/``commit`` need.
     """
     checkout = Path(path)
     raw = _porcelain(checkout)
     digest = hashlib.sha256()
-    digest.update((_git_out(["-C", str(checkout), "rev-parse", "HEAD"]) or "no-head").encode())
+    digest.update((_git_out(["--no-optional-locks", "-C", str(checkout), "rev-parse", "HEAD"]) or "no-head").encode())
     digest.update(b"\0" + raw.encode("utf-8", "surrogateescape"))
     for rel in _porcelain_paths(raw):
         try:
