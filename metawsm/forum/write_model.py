@@ -335,25 +335,28 @@ def _append_event(conn: sqlite3.Connection, event: EventMessage) -> None:
     )
 
 
+_OUTCOME_COLUMNS = "event_id, command_type, thread_id, status, sequence, error_code, error_message"
+
+
+def _outcome_from_row(row: Any) -> CommandOutcome:
+    status = row[3]
+    return CommandOutcome(
+        event_id=row[0],
+        command=row[1],
+        thread_id=row[2] or "",
+        status=status,
+        sequence=row[4],
+        error_code=row[5] or "",
+        error_message=row[6] or "",
+        error_status=_status_for_code(row[5] or "") if status == "rejected" else 0,
+    )
+
+
 def _recorded_outcome(conn: sqlite3.Connection, event_id: str) -> CommandOutcome | None:
     row = conn.execute(
-        "SELECT command_type, thread_id, status, sequence, error_code, error_message FROM forum_command_results"
-        " WHERE event_id = ?",
-        (event_id,),
+        f"SELECT {_OUTCOME_COLUMNS} FROM forum_command_results WHERE event_id = ?", (event_id,)
     ).fetchone()
-    if row is None:
-        return None
-    status = row[2]
-    return CommandOutcome(
-        event_id=event_id,
-        command=row[0],
-        thread_id=row[1] or "",
-        status=status,
-        sequence=row[3],
-        error_code=row[4] or "",
-        error_message=row[5] or "",
-        error_status=_status_for_code(row[4] or "") if status == "rejected" else 0,
-    )
+    return None if row is None else _outcome_from_row(row)
 
 
 def recorded_outcomes(conn: sqlite3.Connection, event_ids: list[str]) -> list[CommandOutcome]:
@@ -362,24 +365,8 @@ def recorded_outcomes(conn: sqlite3.Connection, event_ids: list[str]) -> list[Co
     for start in range(0, len(event_ids), 500):
         chunk = event_ids[start:start + 500]
         marks = ",".join("?" * len(chunk))
-        for row in conn.execute(
-            "SELECT event_id, command_type, thread_id, status, sequence, error_code, error_message"
-            f" FROM forum_command_results WHERE event_id IN ({marks})",
-            chunk,
-        ):
-            status = row[3]
-            outcomes.append(
-                CommandOutcome(
-                    event_id=row[0],
-                    command=row[1],
-                    thread_id=row[2] or "",
-                    status=status,
-                    sequence=row[4],
-                    error_code=row[5] or "",
-                    error_message=row[6] or "",
-                    error_status=_status_for_code(row[5] or "") if status == "rejected" else 0,
-                )
-            )
+        rows = conn.execute(f"SELECT {_OUTCOME_COLUMNS} FROM forum_command_results WHERE event_id IN ({marks})", chunk)
+        outcomes.extend(_outcome_from_row(row) for row in rows)
     return outcomes
 
 
