@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from metawsm.actors.runs.sink import RunsSink
 from metawsm.actors.runs.supervisor import RunSupervisor
 from metawsm.actors.supervisor import ChildSpec, Strategy, Supervisor
 from metawsm.actors.system import ActorSystem
-from metawsm.policy import Policy, redacted_redis_url
+from metawsm.policy import ForumRedis, Policy, redacted_redis_url
 from metawsm.services import Services
 from metawsm.store import Database, StoreError
 from metawsm.transport.namespace import NamespaceClaim, NamespaceTaken
@@ -38,10 +39,51 @@ class StartupError(Exception):
     """The daemon cannot start; the message is the one line to show the operator."""
 
 
+REDIS_URL_ENV = "METAWSM_REDIS_URL"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True)
+class RedisSetting:
+    """The Redis URL to try and where it came from (flag > environment > policy > default)."""
+
+    url: str
+    source: str  # "--redis-url", "METAWSM_REDIS_URL", "policy forum.redis.url" or "default forum.redis.url"
+
+    @property
+    def explicit(self) -> bool:
+        """Named on the command line or in the environment: never swapped for a private Redis."""
+        return self.source in ("--redis-url", REDIS_URL_ENV)
+
+
+def redis_setting(policy: Policy, flag: str | None = None, environ: Mapping[str, str] | None = None) -> RedisSetting:
+    """Pick the Redis URL by precedence; a URL that is not a Redis URL raises ``ValueError``."""
+    env = os.environ if environ is None else environ
+    if flag is not None and flag.strip():
+        setting = RedisSetting(flag.strip(), "--redis-url")
+    elif env.get(REDIS_URL_ENV, "").strip():
+        setting = RedisSetting(env[REDIS_URL_ENV].strip(), REDIS_URL_ENV)
+    else:
+        url = policy.forum.redis.url.strip()
+        default = url == ForumRedis().url
+        return RedisSetting(url, "default forum.redis.url" if default else "policy forum.redis.url")
+    scheme = setting.url.partition("://")[0].lower() if "://" in setting.url else ""
+    if scheme not in REDIS_SCHEMES:
+        raise ValueError(f"{setting.source} {redacted_redis_url(setting.url)!r} is not a Redis URL "
+                         "(expected redis://HOST:PORT/DB, rediss://... or unix:///path/to/socket)")
+    return setting
+
+
 @dataclass
 class RedisChoice:
     url: str
     process: RedisProcess | None
+    # One line for the log and /health: which Redis, and why that one.
+    reason: str = ""
+
+    @property
+    def mode(self) -> str:
+        return "embedded" if self.process is not None else "external"
 
 
 def ping_redis(url: str, timeout: float = 1.0) -> str | None:
@@ -68,31 +110,39 @@ def embedded_redis_process(db_path: Path) -> RedisProcess:
     return RedisProcess(data_dir=data_dir, unix_socket=socket_path, appendonly=True)
 
 
-def choose_redis(policy: Policy, db_path: Path) -> RedisChoice:
-    settings = policy.forum.redis
-    mode = settings.embedded
-    url = settings.url.strip()
-    if mode != "always":
+def choose_redis(policy: Policy, db_path: Path, setting: RedisSetting | None = None) -> RedisChoice:
+    """The Redis this daemon uses: the configured one if it answers, else (``embedded: auto``)
+    a private one.  A URL given explicitly (flag or environment) is used or refused, never
+    silently replaced."""
+    setting = setting or redis_setting(policy, environ={})
+    mode = policy.forum.redis.embedded
+    url = setting.url
+    shown = redacted_redis_url(url)
+    why_private = "forum.redis.embedded is always"
+    if mode != "always" or setting.explicit:
+        no_fallback = mode == "never" or setting.explicit or not redis_server_available()
         if not url:
-            if mode == "never" or not redis_server_available():
+            if no_fallback:
                 raise StartupError("forum redis url is empty")
+            why_private = "forum.redis.url is empty"
         else:
             reason = ping_redis(url)
             if reason is None:
-                return RedisChoice(url, None)
-            if mode == "never" or not redis_server_available():
+                return RedisChoice(url, None, f"{shown} from {setting.source} answered")
+            if no_fallback:
+                fix = f"or fix {setting.source}" if setting.explicit else "or fix forum.redis.url"
                 raise StartupError(
-                    f"forum redis ping failed: {reason}; start Redis (redis-server --port 6379) "
-                    "or fix forum.redis.url"
+                    f"forum redis ping failed: {reason}; start Redis (redis-server --port 6379) {fix}"
                 )
-            log.info("redis at %s did not answer (%s); starting a private redis-server", redacted_redis_url(url), reason)
+            why_private = f"{shown} from {setting.source} did not answer ({reason})"
+            log.info("redis at %s did not answer (%s); starting a private redis-server", shown, reason)
     process = embedded_redis_process(db_path)
     try:
         process.start()
     except (RedisStartError, OSError) as error:
         raise StartupError(f"forum redis ping failed: embedded redis-server did not start: {error}") from error
     log.info("embedded redis at %s (data in %s)", process.url, process.data_dir)
-    return RedisChoice(process.url, process)
+    return RedisChoice(process.url, process, f"private redis-server started: {why_private}")
 
 
 class Daemon:
@@ -107,6 +157,7 @@ class Daemon:
         policy_path: str = "",
         server_url: str = "http://127.0.0.1:3001",
         base_dir: str | Path | None = None,
+        redis: RedisSetting | None = None,
     ) -> None:
         self.policy = policy
         self.policy_path = str(Path(policy_path).absolute()) if policy_path else ""
@@ -114,6 +165,7 @@ class Daemon:
         self.base_dir = str(Path(base_dir or Path.cwd()).absolute())
         self.db_path = Path(db_path).absolute()
         self.debug = debug
+        self.redis_setting = redis or redis_setting(policy, environ={})
         self.system: ActorSystem | None = None
         self.services: Services | None = None
         self.redis: RedisChoice | None = None
@@ -125,7 +177,8 @@ class Daemon:
             db.migrate()
         except StoreError as error:
             raise StartupError(str(error)) from error
-        self.redis = choose_redis(self.policy, self.db_path)
+        self.redis = choose_redis(self.policy, self.db_path, self.redis_setting)
+        log.info("redis: %s (%s)", redacted_redis_url(self.redis.url), self.redis.reason)
         try:
             self.claim = NamespaceClaim(self.redis.url, self.policy.forum.redis.stream, self.db_path)
             self.claim.claim()
@@ -138,6 +191,8 @@ class Daemon:
         services = Services(db=db, policy=self.policy, redis_url=self.redis.url, debug=self.debug,
                             policy_path=self.policy_path, server_url=self.server_url, base_dir=self.base_dir)
         services.embedded_redis = self.redis.process
+        services.bus.redis_reason = self.redis.reason
+        services.bus.redis_mode = self.redis.mode
         services.namespace_claim = self.claim
         self.services = services
         system = ActorSystem(self.policy.supervision, services)

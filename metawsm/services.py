@@ -48,6 +48,8 @@ class BusStatus:
         self.healthy: bool = False
         self.error: str = ""
         self.redis_url: str = ""
+        self.redis_mode: str = ""  # "external" or "embedded"
+        self.redis_reason: str = ""  # why this Redis: found at its URL, or started privately and why
         self.consumer_running: bool = False
         self.last_processed_at: str | None = None
         self.total_processed: int = 0

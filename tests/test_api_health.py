@@ -46,9 +46,10 @@ def health(server: ServeProcess) -> tuple[int, dict[str, Any]]:
     return call(server.url + "/api/v1/health")
 
 
-def run_serve(cwd: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_serve(cwd: Path, *args: str, timeout: float = 30, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "metawsm", "serve", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
 
 
 # -- health ---------------------------------------------------------------------------------------
@@ -65,7 +66,8 @@ def test_health_ok_then_degraded_with_202_writes_then_ok_again(private_redis: Re
         assert LAG_FIELDS <= set(body["worker"]["lag"])
         assert set(body["worker"]["lag"]["projection_lag"]) == PROJECTIONS
         assert OUTBOX_FIELDS <= set(body["outbox"])
-        assert body["forum_bus"] == {"healthy": True, "redis_url": private_redis.url}
+        assert body["forum_bus"] == {"healthy": True, "redis_url": private_redis.url, "redis_mode": "external",
+                                     "redis_reason": f"{private_redis.url} from policy forum.redis.url answered"}
         assert set(body["actors"]) == {"total", "alive", "restarting", "restarts_total"}
         assert body["actors"]["alive"] == body["actors"]["total"] >= 12
         status, opened = call(server.url + "/api/v1/forum/threads", "POST",
@@ -92,7 +94,7 @@ def test_health_ok_then_degraded_with_202_writes_then_ok_again(private_redis: Re
                             and r[1], timeout=30, message="the accepted write applied")
         assert detail["thread"]["title"] == "while redis is down"
         status, up = health(server)
-        assert up["forum_bus"] == {"healthy": True, "redis_url": private_redis.url}
+        assert up["forum_bus"] == dict(body["forum_bus"], healthy=True)
         with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
             assert 'metawsm_forum_writes_total{result="accepted"} 1' in response.read().decode()
     finally:
@@ -230,6 +232,55 @@ def test_serve_stops_cleanly_on_sigint_and_sigterm(
         urllib.request.urlopen(server.url + "/api/v1/health", timeout=2)
 
 
+# -- choosing Redis: --redis-url > METAWSM_REDIS_URL > policy > default ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "source"),
+    [
+        (("--redis-url", "http://127.0.0.1:6379"), {}, "--redis-url"),
+        ((), {"METAWSM_REDIS_URL": "127.0.0.1:6379"}, "METAWSM_REDIS_URL"),
+    ],
+)
+def test_serve_refuses_a_url_that_is_not_redis_with_exit_2(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], source: str
+) -> None:
+    result = run_serve(tmp_path, "--addr", f"127.0.0.1:{free_tcp_port()}", *args, env=env)
+    assert result.returncode == 2, result
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {source} "), result.stderr
+    assert "is not a Redis URL" in result.stderr
+    assert not (tmp_path / ".metawsm").exists()
+
+
+def test_redis_url_flag_beats_environment_and_policy_and_health_says_why(
+    redis_url: str, redis_namespace: str, tmp_path: Path
+) -> None:
+    dead = f"redis://127.0.0.1:{free_tcp_port()}/0"
+    policy = policy_data(dead, redis_namespace)
+    policy["forum"]["redis"]["embedded"] = "never"
+    server = ServeProcess(tmp_path / "serve", policy, extra_args=("--redis-url", redis_url),
+                          env={"METAWSM_REDIS_URL": dead}).start()
+    try:
+        status, body = health(server)
+        assert status == 200, body
+        bus = body["forum_bus"]
+        assert bus["redis_mode"] == "external"
+        assert bus["redis_reason"] == f"{bus['redis_url']} from --redis-url answered"
+        assert f"redis: {bus['redis_url']} ({bus['redis_reason']})" in server.log()
+    finally:
+        server.stop()
+
+
+def test_an_explicit_redis_url_that_does_not_answer_is_never_replaced_by_a_private_one(tmp_path: Path) -> None:
+    dead = f"redis://127.0.0.1:{free_tcp_port()}/0"
+    result = run_serve(tmp_path, "--addr", f"127.0.0.1:{free_tcp_port()}", env={"METAWSM_REDIS_URL": dead})
+    assert result.returncode == 1, result
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: forum redis ping failed: "), line
+    assert line.endswith("or fix METAWSM_REDIS_URL"), line
+    assert not (tmp_path / ".metawsm" / "redis").exists()
+
+
 # -- embedded Redis and the README's first minutes -------------------------------------------------
 
 
@@ -278,6 +329,9 @@ def test_a_new_user_follows_the_readme_with_an_embedded_redis(tmp_path: Path) ->
         assert status == 200 and body["status"] == "ok", body
         embedded_url = body["forum_bus"]["redis_url"]
         assert embedded_url.startswith("unix://"), embedded_url
+        assert body["forum_bus"]["redis_mode"] == "embedded"
+        assert body["forum_bus"]["redis_reason"].startswith("private redis-server started: redis://127.0.0.1:")
+        assert "from default forum.redis.url" not in body["forum_bus"]["redis_reason"]  # the policy names it
         assert redis.Redis.from_url(embedded_url).ping()
         env = dict(os.environ, METAWSM_SERVER=url)
 

@@ -36,6 +36,8 @@ import pytest
 from metawsm.waiting import wait_until
 from support.browser import DESKTOP, SCREENSHOTS, VIEWER, announce, launched_chromium, record_page_problems
 
+pytestmark = pytest.mark.browser  # `make test BROWSER=0` deselects these
+
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'")
 expect = sync_api.expect
 

@@ -35,6 +35,8 @@ from metawsm.waiting import wait_until
 from support.agents import RunsEnv, find_node, git, runs_env  # noqa: F401 - runs_env is a fixture
 from support.browser import DESKTOP, SCREENSHOTS, VIEWER, announce, launched_chromium, record_page_problems
 
+pytestmark = pytest.mark.browser  # `make test BROWSER=0` deselects these
+
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'")
 expect = sync_api.expect
 

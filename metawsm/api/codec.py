@@ -36,10 +36,19 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
         return decoder.decode(raw)
     except msgspec.ValidationError as error:
         raise ApiError(400, "invalid_json", f"invalid request body: {_readable(str(error))}") from None
-    except msgspec.DecodeError as error:
-        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {error}") from None
-    except UnicodeDecodeError as error:  # msgspec decodes strings itself and raises this as is
-        raise ApiError(400, "invalid_json", f"request body is not valid UTF-8: {error.reason} at byte {error.start}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        # msgspec <0.23 raised UnicodeDecodeError for bad UTF-8 in a string, 0.23 raises a
+        # DecodeError; either way the body is checked again only on this (rare) error path,
+        # so a valid request pays nothing for the precise message.
+        raise _decode_failure(raw, error) from None
+
+
+def _decode_failure(raw: bytes, error: Exception) -> ApiError:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return ApiError(400, "invalid_json", f"request body is not valid UTF-8: {bad.reason} at byte {bad.start}")
+    return ApiError(400, "invalid_json", f"request body is not valid JSON: {error}")
 
 
 def parse_query(request: web.Request, kind: type[T]) -> T:

@@ -223,6 +223,8 @@ class BusHealth(msgspec.Struct, kw_only=True, omit_defaults=True):
     healthy: bool
     error: str = ""
     redis_url: str
+    redis_mode: str = ""  # "external" (found at its URL) or "embedded" (a private redis-server)
+    redis_reason: str = ""  # why this Redis was chosen
 
 
 class ActorSummary(msgspec.Struct, kw_only=True):

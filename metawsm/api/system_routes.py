@@ -70,7 +70,8 @@ async def health(request: web.Request) -> web.Response:
             ),
         ),
         outbox=outbox,
-        forum_bus=BusHealth(healthy=bus.healthy, error=bus.error, redis_url=redacted_redis_url(services.redis_url)),
+        forum_bus=BusHealth(healthy=bus.healthy, error=bus.error, redis_url=redacted_redis_url(services.redis_url),
+                            redis_mode=bus.redis_mode, redis_reason=bus.redis_reason),
         actors=summary,
     )
     ctx.metrics.set_health_gauges(outbox.pending_count, lag)

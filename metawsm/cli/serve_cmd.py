@@ -46,8 +46,10 @@ class _MalformedRequestFilter(logging.Filter):
 @click.option("--db", "db_path", default=DEFAULT_DB_PATH, show_default=True, help="SQLite database file.")
 @click.option("--policy", "policy_path", default=DEFAULT_POLICY_PATH, show_default=True,
               help="Policy file (built-in defaults when absent).")
+@click.option("--redis-url", default=None, metavar="URL",
+              help="Redis to use (overrides METAWSM_REDIS_URL and forum.redis.url); it must answer.")
 @click.option("--debug", is_flag=True, help="Enable fault injection and verbose actor logs.")
-def serve(addr: str, db_path: str, policy_path: str, debug: bool) -> None:
+def serve(addr: str, db_path: str, policy_path: str, redis_url: str | None, debug: bool) -> None:
     """Run the daemon: the actor system, the HTTP API and the WebSocket stream.
 
     Stop it with Ctrl-C (SIGINT) or SIGTERM.
@@ -55,7 +57,7 @@ def serve(addr: str, db_path: str, policy_path: str, debug: bool) -> None:
     import asyncio
 
     from metawsm.api.server import Address, StartupFailed, serve_forever
-    from metawsm.daemon import Daemon, StartupError
+    from metawsm.daemon import Daemon, StartupError, redis_setting
     from metawsm.policy import PolicyError, load_policy
 
     _configure_logging(debug)
@@ -72,7 +74,12 @@ def serve(addr: str, db_path: str, policy_path: str, debug: bool) -> None:
         address = Address.parse(addr)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--addr") from None
-    daemon = Daemon(policy, db_path, debug=debug, policy_path=policy_path, server_url=address.url)
+    try:
+        redis = redis_setting(policy, redis_url)
+    except ValueError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    daemon = Daemon(policy, db_path, debug=debug, policy_path=policy_path, server_url=address.url, redis=redis)
     try:
         daemon.start()
     except StartupError as error:

@@ -52,7 +52,8 @@ class InProcessDaemon:
 class ServeProcess:
     """A real ``metawsm serve`` subprocess on a free port, with its own DB and policy files."""
 
-    def __init__(self, workdir: Path, policy: dict[str, Any], debug: bool = True, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, policy: dict[str, Any], debug: bool = True, port: int | None = None,
+                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.db_path = workdir / ".metawsm" / "metawsm.db"
@@ -61,6 +62,8 @@ class ServeProcess:
         self.policy_path.write_text(json.dumps(policy))
         self.port = port or free_tcp_port()
         self.debug = debug
+        self.extra_args = extra_args
+        self.env = env or {}
         self.log_path = workdir / "serve.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -72,13 +75,13 @@ class ServeProcess:
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "metawsm", "serve", "--addr", f"127.0.0.1:{self.port}",
                 "--db", str(self.db_path), "--policy", str(self.policy_path)]
-        return argv + (["--debug"] if self.debug else [])
+        return argv + (["--debug"] if self.debug else []) + list(self.extra_args)
 
     def spawn(self) -> None:
         """Start the process without waiting for it (its output is appended to ``log_path``)."""
         self.starts += 1
         with open(self.log_path, "ab") as log:
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
             self.process = subprocess.Popen(self.argv(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
                                             env=env)
 
