@@ -45,6 +45,7 @@ from metawsm.transport.redis_process import RedisProcess  # noqa: E402
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 from support.daemon import ServeProcess  # noqa: E402 - the tests' serve process, shared
+from support.http import token_for  # noqa: E402 - finds the operator token as the CLI does
 
 PROJECTIONS = ("thread_views", "thread_stats", "queue_view", "control_state")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -144,11 +145,32 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+_TOKENS: dict[str, str] = {}
+
+
+def token(base: str) -> str:
+    """The operator token of the daemon at ``base`` (looked up once: benches never rotate it, and a
+    restarted daemon keeps its token file)."""
+    if base not in _TOKENS:
+        _TOKENS[base] = token_for(base)
+    return _TOKENS[base]
+
+
+def auth(base: str) -> dict[str, str]:
+    secret = token(base)
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
+
+
+PUBLIC_PATHS = ("/api/v1/health", "/api/v1/auth")
+
+
 def http(base: str, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
     """One blocking request; returns (status, decoded JSON or text). Raises OSError when unreachable."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if path.partition("?")[0] not in PUBLIC_PATHS:
+        headers.update(auth(base))
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, raw = response.status, response.read()
@@ -179,6 +201,7 @@ class RawHttp:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.authorization: str | None = None  # the header line, found on the first request
 
     async def connect(self) -> "RawHttp":
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -198,7 +221,11 @@ class RawHttp:
             await self.connect()
         assert self.reader is not None and self.writer is not None
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-        if body is not None:
+        if self.authorization is None:
+            self.authorization = "".join(f"{k}: {v}\r\n" for k, v in auth(f"http://{self.host}:{self.port}").items())
+        head += self.authorization
+        if body is not None or method != "GET":
+            body = body or b""
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         self.writer.write(head.encode() + b"\r\n" + (body or b""))
         try:

@@ -45,6 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (  # noqa: E402
+    auth,
     HttpClosed,
     RawHttp,
     Scratch,
@@ -105,7 +106,7 @@ async def ws_client(url: str, lineage: Lineage, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 async with session.ws_connect(f"{url}/api/v1/forum/stream?cursor={lineage.cursor}",
-                                              max_msg_size=0, heartbeat=None) as ws:
+                                              max_msg_size=0, heartbeat=None, headers=auth(url)) as ws:
                     lineage.connections += 1
                     seen: set[int] = set()
                     async for message in ws:

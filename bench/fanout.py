@@ -46,6 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (  # noqa: E402
+    auth,
     LATENCY_HEADERS,
     MachineLoad,
     Pool,
@@ -85,7 +86,7 @@ async def _client_main(index: int, count: int, url: str, ready: Any, results: An
 
     async def one(session: aiohttp.ClientSession) -> None:
         nonlocal duplicates, frames, closed_early, pending
-        ws = await session.ws_connect(url + STREAM, max_msg_size=0, autoping=True)
+        ws = await session.ws_connect(url + STREAM, max_msg_size=0, autoping=True, headers=auth(url))
         last = 0
         seen_ready = False
         async for message in ws:

@@ -129,7 +129,7 @@ def main() -> int:
         run_id = ""
         try:
             serve.start()
-            request = {"mode": "bootstrap", "tickets": [TICKET], "repos": [REPO], "cwd": str(scratch.path),
+            request = {"mode": "bootstrap", "tickets": [TICKET], "repos": [REPO], "cwd": str(repo),
                        "brief": {"goal": "measure guidance latency", "scope": "bench", "done_criteria": "figures",
                                  "constraints": "none", "merge_intent": "none"}}
             status, body = http(serve.url, "POST", "/api/v1/runs", request, timeout=args.start_timeout)

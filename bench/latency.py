@@ -33,6 +33,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (  # noqa: E402
+    auth,
     LATENCY_HEADERS,
     MachineLoad,
     Pool,
@@ -149,7 +150,8 @@ async def main_async(args: argparse.Namespace, serve: Serve, load: MachineLoad |
     watcher = Watcher()
     results = []
     async with aiohttp.ClientSession() as session:
-        ws = await session.ws_connect(f"{serve.url}/api/v1/forum/stream?ticket={TICKET}", max_msg_size=0)
+        ws = await session.ws_connect(f"{serve.url}/api/v1/forum/stream?ticket={TICKET}", max_msg_size=0,
+                                      headers=auth(serve.url))
         reader = asyncio.create_task(watcher.run(ws))
         await asyncio.wait_for(watcher.ready.wait(), 10)
         threads = await open_threads(pool, args.threads)

@@ -23,6 +23,7 @@ from metawsm.actors.runs.sink import RunsSink
 from metawsm.actors.runs.supervisor import RunSupervisor
 from metawsm.actors.supervisor import ChildSpec, Strategy, Supervisor
 from metawsm.actors.system import ActorSystem
+from metawsm.auth.tokens import TokenRegistry, new_operator_token
 from metawsm.policy import ForumRedis, Policy, redacted_redis_url
 from metawsm.services import Services
 from metawsm.store import Database, StoreError
@@ -158,6 +159,8 @@ class Daemon:
         server_url: str = "http://127.0.0.1:3001",
         base_dir: str | Path | None = None,
         redis: RedisSetting | None = None,
+        operator_token: str | None = None,
+        auth_enabled: bool = True,
     ) -> None:
         self.policy = policy
         self.policy_path = str(Path(policy_path).absolute()) if policy_path else ""
@@ -166,6 +169,9 @@ class Daemon:
         self.db_path = Path(db_path).absolute()
         self.debug = debug
         self.redis_setting = redis or redis_setting(policy, environ={})
+        # In-process daemons (tests, benchmarks) need no token file: a random token nobody knows.
+        self.operator_token = operator_token or new_operator_token()
+        self.auth_enabled = auth_enabled
         self.system: ActorSystem | None = None
         self.services: Services | None = None
         self.redis: RedisChoice | None = None
@@ -190,6 +196,8 @@ class Daemon:
             raise StartupError(f"forum redis ping failed: {error}") from error
         services = Services(db=db, policy=self.policy, redis_url=self.redis.url, debug=self.debug,
                             policy_path=self.policy_path, server_url=self.server_url, base_dir=self.base_dir)
+        services.tokens = TokenRegistry(db, self.operator_token)
+        services.auth_enabled = self.auth_enabled
         services.embedded_redis = self.redis.process
         services.bus.redis_reason = self.redis.reason
         services.bus.redis_mode = self.redis.mode

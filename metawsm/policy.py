@@ -10,12 +10,19 @@ Decoding only checks shapes and types; the semantic rules of the spec (enums, no
 strings, positive numbers, cross references) live in :func:`validate_policy`, which reports
 the *first* failure with the exact message of the spec. Enum-like fields are plain ``str``
 on purpose, so that a bad value is reported by that validation message and not by msgspec.
+
+The schema is a superset of the Go version's: a Go policy loads as is. Its sections that mean
+something here (``git_pr``, ``operator``) are typed below; the structures that exist only for
+compatibility, and the table of fields that have no effect here yet, are in
+:mod:`metawsm.policy_compat`. :func:`read_policy_file` returns the policy together with the
+inert fields its file sets, for the start-up warnings.
 """
 
 from __future__ import annotations
 
 from metawsm.defaults import DEFAULT_DB_PATH, DEFAULT_POLICY_PATH
 
+import hashlib
 import os
 import re
 import tempfile
@@ -26,33 +33,68 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import msgspec
 
+from metawsm.policy_compat import (
+    INERT_FIELDS,
+    ClosePolicy,
+    DocsApiPolicy,
+    DocsEndpoint,
+    ForumDocsSync,
+    GitPrPolicy,
+    OperatorLlmPolicy,
+    ReviewFeedbackPolicy,
+    docs_compat_failures,
+    git_pr_failures,
+    operator_llm_failures,
+    inert_fields_in,
+    inert_warning,
+    without_inert_fields,
+)
+
 __all__ = [
     "DEFAULT_DB_PATH",
     "DEFAULT_POLICY_PATH",
     "POLICY_VERSION",
+    "TMUX_SOCKET_AUTO",
     "AgentProfile",
+    "ApiPolicy",
     "AgentRef",
+    "ClosePolicy",
     "DebugPolicy",
+    "DocsApiPolicy",
+    "DocsEndpoint",
     "DocsPolicy",
     "ExecutionPolicy",
+    "ForumDocsSync",
     "ForumPolicy",
     "ForumRedis",
     "ForumSla",
     "ForumTopics",
+    "GitPrPolicy",
     "HealthPolicy",
+    "LoadedPolicy",
+    "OperatorLlmPolicy",
     "OperatorPolicy",
     "Policy",
+    "PolicyChange",
     "PolicyError",
+    "ReviewFeedbackPolicy",
     "RunnerOptions",
     "SupervisionPolicy",
     "TmuxPolicy",
     "WorkspacePolicy",
+    "change_applies",
     "default_policy",
     "encode_policy",
     "load_policy",
+    "policy_changes",
+    "policy_digest",
+    "policy_file_bytes",
     "policy_from_mapping",
+    "read_policy_file",
+    "redacted_policy",
     "redacted_redis_url",
     "validate_policy",
+    "with_sections_of",
     "write_default_policy",
 ]
 
@@ -66,6 +108,8 @@ REDIS_EMBEDDED_MODES = ("auto", "always", "never")
 SUPPORTED_RUNNERS = ("shell", "command", "codex")
 # Runners that cannot start anything without an explicit runner_options.command.
 RUNNERS_NEEDING_COMMAND = ("shell", "command")
+# "auto": one tmux server per daemon, named from the daemon's database path when a run is planned.
+TMUX_SOCKET_AUTO = "auto"
 
 # Durations in seconds accept fractions so tests (and impatient users) can poll fast;
 # whole numbers stay integers, so the default file reads exactly like the spec.
@@ -105,15 +149,23 @@ class WorkspacePolicy(_Section):
 class DocsPolicy(_Section):
     provider: str = "builtin"
     seed_mode: str = "copy_from_repo_on_start"
+    # From the Go version; policy_compat.INERT_FIELDS says what they do here (nothing yet).
+    authority_mode: str = "workspace_active"
+    stale_warning_seconds: Seconds = 900
+    api: DocsApiPolicy = msgspec.field(default_factory=DocsApiPolicy)
 
 
 class TmuxPolicy(_Section):
-    socket: str = "metawsm"
+    # ``auto`` (TMUX_SOCKET_AUTO): a server of this daemon's own; any other name is used as is.
+    socket: str = TMUX_SOCKET_AUTO
     session_pattern: str = "{agent}-{workspace}"
 
 
 class ExecutionPolicy(_Section):
     step_retries: int = 1
+    # A run request naming more tickets than this is refused: each ticket is a workspace and a
+    # tmux session per agent, so an unbounded request could exhaust the machine.
+    max_tickets_per_run: int = 10
 
 
 class HealthPolicy(_Section):
@@ -129,6 +181,8 @@ class OperatorPolicy(_Section):
     restart_cooldown_seconds: Seconds = 60
     restart_budget_reset_seconds: Seconds = 1800
     restart_stalled: bool = False
+    stale_run_age_seconds: Seconds = 3600
+    llm: OperatorLlmPolicy = msgspec.field(default_factory=OperatorLlmPolicy)
 
 
 class ForumTopics(_Section):
@@ -157,6 +211,7 @@ class ForumPolicy(_Section):
     write_wait_ms: int = 5000
     heartbeat_seconds: Seconds = 15
     sla: ForumSla = msgspec.field(default_factory=ForumSla)
+    docs_sync: ForumDocsSync = msgspec.field(default_factory=ForumDocsSync)
 
 
 class SupervisionPolicy(_Section):
@@ -170,7 +225,19 @@ class DebugPolicy(_Section):
     fault_injection: bool = False
 
 
+class ApiPolicy(_Section):
+    """Who may reach the HTTP API besides the loopback names (docs/security.md)."""
+
+    # Extra Host header values the daemon answers to ("name" or "name:port"), e.g. a LAN name.
+    allowed_hosts: list[str] = []
+    # Web origins ("https://dash.example:8443") allowed to call the API from a browser (CORS).
+    allowed_origins: list[str] = []
+
+
 class RunnerOptions(_Section):
+    # ``codex`` only: start codex with ``--full-auto``. Other runners ignore it (the Go
+    # version's default file sets it to false on its shell profile).
+    full_auto: bool = False
     # ``shell``: the program to start (string). ``command``: an argv template, either one
     # string or a list, with ``{prompt}``/``{prompt_file}`` placeholders. ``codex``: optional
     # override of the codex invocation.
@@ -183,8 +250,12 @@ class AgentProfile(_Section):
     name: str
     runner: str
     base_prompt: str = ""
-    skills: list[str] = []
+    skills: list[str] | None = []  # the Go version writes null for none; read as []
     runner_options: RunnerOptions = msgspec.field(default_factory=RunnerOptions)
+
+    def __post_init__(self) -> None:
+        if self.skills is None:
+            msgspec.structs.force_setattr(self, "skills", [])
 
 
 class AgentRef(_Section):
@@ -217,10 +288,13 @@ class Policy(_Section):
     tmux: TmuxPolicy = msgspec.field(default_factory=TmuxPolicy)
     execution: ExecutionPolicy = msgspec.field(default_factory=ExecutionPolicy)
     health: HealthPolicy = msgspec.field(default_factory=HealthPolicy)
+    close: ClosePolicy = msgspec.field(default_factory=ClosePolicy)
     operator: OperatorPolicy = msgspec.field(default_factory=OperatorPolicy)
     forum: ForumPolicy = msgspec.field(default_factory=ForumPolicy)
+    git_pr: GitPrPolicy = msgspec.field(default_factory=GitPrPolicy)
     supervision: SupervisionPolicy = msgspec.field(default_factory=SupervisionPolicy)
     debug: DebugPolicy = msgspec.field(default_factory=DebugPolicy)
+    api: ApiPolicy = msgspec.field(default_factory=ApiPolicy)
     agent_profiles: list[AgentProfile] = msgspec.field(default_factory=_default_profiles)
     agents: list[AgentRef] = msgspec.field(default_factory=_default_agents)
 
@@ -240,7 +314,7 @@ _EXPECTED = re.compile(r"^Expected `(?P<want>[^`]*)`, got `(?P<got>[^`]*)`$")
 
 def _friendly_type(name: str) -> str:
     # msgspec's spelling of the Seconds alias; "number" is what a JSON author thinks in.
-    return {"int | float": "number", "str | array": "str or array"}.get(name, name)
+    return {"int | float": "number", "str | array": "str or array", "array | null": "array or null"}.get(name, name)
 
 
 def _rephrase_validation(text: str) -> str:
@@ -277,19 +351,22 @@ def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
     return policy
 
 
-def load_policy(path: str | Path | None = None) -> Policy:
-    """Read, decode and validate the policy at ``path`` (default ``.metawsm/policy.json``).
+class LoadedPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """A policy as read from its file, with the file's fields that have no effect here."""
 
-    An absent file is not an error: the built-in defaults apply, so a fresh checkout works
-    without running ``policy-init`` first.
-    """
-    file = Path(path if path is not None else DEFAULT_POLICY_PATH)
-    try:
-        raw = file.read_bytes()
-    except FileNotFoundError:
-        return default_policy()
-    except OSError as exc:
-        raise PolicyError(f"policy: cannot read {file}: {exc.strerror or exc}", path=file) from None
+    policy: Policy
+    path: str
+    exists: bool  # False: no file at ``path``, the built-in defaults apply
+    inert_fields: tuple[str, ...] = ()  # dotted paths, in the order of policy_compat.INERT_FIELDS
+    digest: str = ""  # of the bytes read (see policy_digest); "" when there is no file
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per inert field, for the serve log and ``policy check``."""
+        return [inert_warning(field) for field in self.inert_fields]
+
+
+def _decode_file(raw: bytes, file: Path) -> Policy:
     try:
         policy = msgspec.json.decode(raw, type=Policy)
     except msgspec.ValidationError as exc:
@@ -304,6 +381,37 @@ def load_policy(path: str | Path | None = None) -> Policy:
     return policy
 
 
+def policy_digest(raw: bytes) -> str:
+    """What tells two versions of a policy file apart (timestamps are too coarse for that)."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def read_policy_file(path: str | Path | None = None) -> LoadedPolicy:
+    """Read, decode and validate the policy at ``path`` (default ``.metawsm/policy.json``).
+
+    An absent file is not an error: the built-in defaults apply, so a fresh checkout works
+    without running ``policy-init`` first.
+    """
+    file = Path(path if path is not None else DEFAULT_POLICY_PATH)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        return LoadedPolicy(policy=default_policy(), path=str(file), exists=False)
+    except OSError as exc:
+        raise PolicyError(f"policy: cannot read {file}: {exc.strerror or exc}", path=file) from None
+    policy = _decode_file(raw, file)
+    # Which fields the file sets is a question about its keys: in the decoded policy every
+    # field has a value.
+    inert = inert_fields_in(msgspec.json.decode(raw))
+    return LoadedPolicy(policy=policy, path=str(file), exists=True, inert_fields=tuple(inert),
+                        digest=policy_digest(raw))
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """The validated policy at ``path`` (see :func:`read_policy_file`)."""
+    return read_policy_file(path).policy
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -316,6 +424,18 @@ def _command_missing(command: str | list[str]) -> bool:
     if isinstance(command, str):
         return _blank(command)
     return not command or _blank(command[0])
+
+
+def _empty_values(values: list[str]) -> bool:
+    return any(_blank(value) for value in values)
+
+
+def _operator_failures(o: OperatorPolicy) -> Iterator[str]:
+    for field in ("unhealthy_confirmations", "restart_budget", "restart_cooldown_seconds",
+                  "restart_budget_reset_seconds", "stale_run_age_seconds"):
+        if getattr(o, field) <= 0:
+            yield f"operator.{field} must be > 0"
+    yield from operator_llm_failures(o.llm)
 
 
 def _failures(p: Policy) -> Iterator[str]:
@@ -340,6 +460,7 @@ def _failures(p: Policy) -> Iterator[str]:
         yield "docs.provider must be builtin|docmgr|none"
     if p.docs.seed_mode not in DOCS_SEED_MODES:
         yield "docs.seed_mode must be none|copy_from_repo_on_start"
+    yield from docs_compat_failures(p.docs.authority_mode, p.docs.stale_warning_seconds, p.docs.api)
 
     if _blank(p.tmux.session_pattern):
         yield "tmux.session_pattern cannot be empty"
@@ -348,6 +469,8 @@ def _failures(p: Policy) -> Iterator[str]:
 
     if p.execution.step_retries < 0:
         yield "execution.step_retries must be >= 0"
+    if p.execution.max_tickets_per_run <= 0:
+        yield "execution.max_tickets_per_run must be > 0"
 
     h = p.health
     if h.poll_seconds <= 0:
@@ -357,10 +480,7 @@ def _failures(p: Policy) -> Iterator[str]:
     if h.activity_stalled_seconds < h.idle_seconds:
         yield "activity_stalled_seconds must be >= idle_seconds"
 
-    for field in ("unhealthy_confirmations", "restart_budget", "restart_cooldown_seconds",
-                  "restart_budget_reset_seconds"):
-        if getattr(p.operator, field) <= 0:
-            yield f"operator.{field} must be > 0"
+    yield from _operator_failures(p.operator)
 
     f = p.forum
     for field in ("command_prefix", "event_prefix", "integration_prefix"):
@@ -380,12 +500,21 @@ def _failures(p: Policy) -> Iterator[str]:
     if f.sla.escalation_minutes <= 0:
         yield "forum.sla.escalation_minutes must be > 0"
 
+    yield from git_pr_failures(p.git_pr)
+
     s = p.supervision
     for field in ("max_restarts", "within_seconds", "backoff_initial_ms", "backoff_max_ms"):
         if getattr(s, field) <= 0:
             yield f"supervision.{field} must be > 0"
     if s.backoff_max_ms < s.backoff_initial_ms:
         yield "supervision.backoff_max_ms must be >= backoff_initial_ms"
+
+    for host in p.api.allowed_hosts:
+        if _blank(host) or "/" in host or any(c.isspace() for c in host.strip()):
+            yield f'api.allowed_hosts entry "{host}" must be a host name or host:port'
+    for origin in p.api.allowed_origins:
+        if not _is_origin(origin):
+            yield f'api.allowed_origins entry "{origin}" must be an origin such as https://host:port'
 
     if not p.agent_profiles:
         yield "agent_profiles must contain at least one entry"
@@ -397,12 +526,16 @@ def _failures(p: Policy) -> Iterator[str]:
         if name in profiles:
             yield f'duplicate agent profile "{name}"'
         profiles.add(name)
+        if profile.runner == "codex" and _blank(profile.base_prompt):
+            yield f'agent profile "{name}" requires non-empty base_prompt for codex runner'
         if profile.runner in RUNNERS_NEEDING_COMMAND:
             if _command_missing(profile.runner_options.command):
                 yield (f'agent profile "{name}" requires runner_options.command '
                        f"for {profile.runner} runner")
         elif profile.runner not in SUPPORTED_RUNNERS:
             yield f'agent profile "{name}" has unsupported runner "{profile.runner}"'
+        if _empty_values(profile.skills or []):
+            yield f'agent profile "{name}" has empty skill name'
 
     if not p.agents:
         yield "agents must contain at least one entry"
@@ -418,6 +551,17 @@ def _failures(p: Policy) -> Iterator[str]:
             yield f'agent "{name}" references unknown profile "{agent.profile}"'
 
 
+def _is_origin(text: str) -> bool:
+    """``scheme://host[:port]`` and nothing else: an origin has no path, query or user."""
+    try:
+        parts = urlsplit(text.strip())
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path in ("", "/")
+            and not parts.query and not parts.fragment and "@" not in parts.netloc)
+
+
 def validate_policy(policy: Policy) -> None:
     """Raise :class:`PolicyError` with the first rule the policy breaks (spec order)."""
     for problem in _failures(policy):
@@ -430,6 +574,13 @@ def validate_policy(policy: Policy) -> None:
 def encode_policy(policy: Policy) -> bytes:
     """Pretty JSON (2-space indent, trailing newline) with sections in spec order."""
     return msgspec.json.format(msgspec.json.encode(policy), indent=2) + b"\n"
+
+
+def policy_file_bytes(policy: Policy) -> bytes:
+    """The policy as ``policy-init`` writes it: like :func:`encode_policy`, without the fields
+    that have no effect here (so a fresh file never warns about itself)."""
+    data = without_inert_fields(msgspec.to_builtins(policy))
+    return msgspec.json.format(msgspec.json.encode(data), indent=2) + b"\n"
 
 
 def write_default_policy(path: str | Path | None = None, force: bool = False) -> Path:
@@ -449,7 +600,7 @@ def write_default_policy(path: str | Path | None = None, force: bool = False) ->
         fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(encode_policy(default_policy()))
+                out.write(policy_file_bytes(default_policy()))
             os.chmod(tmp, 0o644)
             os.replace(tmp, file)
         except BaseException:
@@ -499,3 +650,70 @@ def redacted_redis_url(url: str) -> str:
     if parts.fragment:
         text += f"#{parts.fragment}"
     return text
+
+
+def redacted_policy(policy: Policy) -> Policy:
+    """The policy with the Redis password masked, for the API and for what is stored per run."""
+    redis = policy.forum.redis
+    masked = msgspec.structs.replace(redis, url=redacted_redis_url(redis.url))
+    return msgspec.structs.replace(policy, forum=msgspec.structs.replace(policy.forum, redis=masked))
+
+
+# --------------------------------------------------------------------------- changes between two policies
+
+# Sections the running daemon built its actors from: a new value needs a restart of serve.
+# Every other field is read when a run is planned, and the run keeps it for its whole life.
+RESTART_SECTIONS = ("forum", "supervision", "debug", "api")
+APPLIES_TEXT = {"next_run": "next run", "restart": "restart serve", "no_effect": "no effect here"}
+_INDEX = re.compile(r"\[\d+\]")
+
+
+class PolicyChange(msgspec.Struct, frozen=True, kw_only=True):
+    field: str  # dotted path, list entries as ``[i]``
+    before: Any = msgspec.field(name="from")  # plain JSON value; None when absent
+    after: Any = msgspec.field(name="to")
+    applies: str  # next_run | restart | no_effect (see APPLIES_TEXT)
+
+
+def change_applies(field: str) -> str:
+    """When a change of ``field`` takes effect: next_run, restart or no_effect."""
+    generic = _INDEX.sub("[]", field)
+    if any(generic == inert or generic.startswith((inert + ".", inert + "[")) for inert in INERT_FIELDS):
+        return "no_effect"
+    return "restart" if re.split(r"[.\[]", field, maxsplit=1)[0] in RESTART_SECTIONS else "next_run"
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _differences(before: Any, after: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
+    if before == after:
+        return
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in [*before, *(k for k in after if k not in before)]:
+            yield from _differences(before.get(key), after.get(key), _join(path, key))
+        return
+    # Lists of objects of the same length (profiles, agents) are compared entry by entry; any
+    # other list is one value, so a longer list reads as one change rather than a dozen.
+    if (isinstance(before, list) and isinstance(after, list) and len(before) == len(after)
+            and any(isinstance(item, dict) for item in [*before, *after])):
+        for index, (old, new) in enumerate(zip(before, after)):
+            yield from _differences(old, new, f"{path}[{index}]")
+        return
+    yield path, before, after
+
+
+def policy_changes(before: Policy | Mapping[str, Any], after: Policy | Mapping[str, Any]) -> list[PolicyChange]:
+    """Every field whose value differs, in schema order. Accepts policies or their plain JSON
+    (what ``GET /api/v1/policy`` returns)."""
+    old = msgspec.to_builtins(before) if isinstance(before, Policy) else before
+    new = msgspec.to_builtins(after) if isinstance(after, Policy) else after
+    return [PolicyChange(field=field, before=a, after=b, applies=change_applies(field))
+            for field, a, b in _differences(old, new, "")]
+
+
+def with_sections_of(policy: Policy, running: Policy, sections: tuple[str, ...] = RESTART_SECTIONS) -> Policy:
+    """``policy`` with ``sections`` taken from ``running``: what a daemon that re-read its file
+    actually applies, since the restart-only sections stay as they were at start."""
+    return msgspec.structs.replace(policy, **{name: getattr(running, name) for name in sections})

@@ -24,6 +24,7 @@ import redis
 from metawsm.transport.redis_process import RedisProcess, free_tcp_port
 from metawsm.waiting import wait_until
 from support.daemon import ServeProcess, policy_data
+from support.http import auth_headers
 
 HEALTH_FIELDS = {"status", "started_at", "now", "worker", "outbox", "forum_bus", "actors"}
 WORKER_FIELDS = {"running", "last_processed_at", "total_processed", "consecutive_errors", "last_error", "lag"}
@@ -33,8 +34,9 @@ PROJECTIONS = {"thread_views", "thread_stats", "queue_view", "control_state"}
 
 
 def call(url: str, method: str = "GET", body: Any = None, timeout: float = 30) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    data = json.dumps(body if body is not None else {}).encode() if method != "GET" else None
+    headers = {"Content-Type": "application/json", **auth_headers(url)}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"null")
@@ -95,7 +97,8 @@ def test_health_ok_then_degraded_with_202_writes_then_ok_again(private_redis: Re
         assert detail["thread"]["title"] == "while redis is down"
         status, up = health(server)
         assert up["forum_bus"] == dict(body["forum_bus"], healthy=True)
-        with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
+        metrics = urllib.request.Request(server.url + "/metrics", headers=auth_headers(server.url))
+        with urllib.request.urlopen(metrics, timeout=5) as response:
             assert 'metawsm_forum_writes_total{result="accepted"} 1' in response.read().decode()
     finally:
         assert server.stop() == 0, server.log()

@@ -18,9 +18,10 @@ import pytest
 from openapi_spec_validator import validate
 
 from support.daemon import ServeProcess, policy_data
+from support.http import auth_headers, token_for
 from support.processes import short_id, unlink_prefix
 
-# Every route of /work/shared/spec/api.md, plus the fault-injection route of --debug.
+# Every route of docs/api.md, plus the fault-injection route of --debug.
 ROUTES = {
     ("get", "/api/v1/health"),
     ("get", "/api/v1/runs"),
@@ -52,6 +53,9 @@ ROUTES = {
     ("get", "/api/v1/openapi.json"),
     ("get", "/metrics"),
     ("get", "/"),
+    ("get", "/api/v1/policy"),
+    ("get", "/api/v1/auth"),
+    ("post", "/api/v1/auth/rotate"),
 }
 
 
@@ -68,7 +72,8 @@ def server(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="module")
 def document(server: ServeProcess) -> dict[str, Any]:
-    with urllib.request.urlopen(server.url + "/api/v1/openapi.json", timeout=10) as response:
+    request = urllib.request.Request(server.url + "/api/v1/openapi.json", headers=auth_headers(server.url))
+    with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("application/json")
         return json.loads(response.read())
@@ -128,8 +133,11 @@ def test_every_documented_route_is_served(server: ServeProcess, document: dict[s
         concrete = re.sub(r"\{action\}", "stop", path)
         concrete = re.sub(r"\{path\}", "root/nobody", concrete)  # never crash a real actor here
         concrete = re.sub(r"\{\w+\}", "missing", concrete)
+        if concrete == "/api/v1/auth/rotate":
+            continue  # served (tests/test_api_auth.py rotates); here it would end this module's token
         request = urllib.request.Request(server.url + concrete, method=method.upper(),
-                                         data=b"{}" if method == "post" else None)
+                                         data=b"{}" if method == "post" else None,
+                                         headers={"Content-Type": "application/json", **auth_headers(server.url)})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 status, body = response.status, response.read()
@@ -151,6 +159,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(server: Serv
         "--max-examples", "25",
         "--exclude-path", "/api/v1/forum/stream",  # a WebSocket
         "--exclude-path", "/api/v1/debug/actors/{path}/crash",  # fault injection would kill the daemon
+        "--exclude-path", "/api/v1/auth/rotate",  # would end the token this run authenticates with
+        "--header", f"Authorization: Bearer {token_for(server.url)}",
         "--checks", "all",
         "--exclude-checks", "positive_data_acceptance",
         "--request-timeout", "30",

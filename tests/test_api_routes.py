@@ -2,7 +2,7 @@
 
 One daemon serves the whole module (its own database and stream namespace); every test makes
 its own tickets so that the tests do not see each other's threads.  The contract is
-/work/shared/spec/api.md: the error shape ``{"error": {"code", "message"}}``, strict decoding,
+docs/api.md: the error shape ``{"error": {"code", "message"}}``, strict decoding,
 the status codes, and never a 500 for bad input.
 """
 
@@ -23,6 +23,7 @@ import redis
 
 from metawsm.waiting import wait_until
 from support.daemon import ServeProcess, policy_data
+from support.http import auth_headers
 from support.processes import short_id, unlink_prefix
 
 MIB = 1024 * 1024
@@ -66,9 +67,9 @@ class Api:
              headers: dict[str, str] | None = None) -> Reply:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         request = urllib.request.Request(self.url + path, data=data, method=method)
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        for key, value in (headers or {}).items():
+        if data is not None or method != "GET":
+            request.add_header("Content-Type", "application/json")  # what the API takes for every write
+        for key, value in {**auth_headers(self.url), **(headers or {})}.items():
             request.add_header(key, value)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:

@@ -24,6 +24,7 @@ import pytest
 
 from metawsm.waiting import async_wait_until, wait_until
 from support.daemon import ServeProcess, policy_data
+from support.http import auth_headers
 from support.processes import short_id, unlink_prefix
 
 STREAM = "/api/v1/forum/stream"
@@ -52,14 +53,14 @@ def ticket() -> str:
 
 async def open_thread(session: aiohttp.ClientSession, url: str, tk: str, **fields: Any) -> dict[str, Any]:
     body = {"ticket": tk, "title": fields.pop("title", "t"), "body": fields.pop("body", "b"), **fields}
-    async with session.post(url + "/api/v1/forum/threads", json=body) as response:
+    async with session.post(url + "/api/v1/forum/threads", json=body, headers=auth_headers(url)) as response:
         assert response.status == 200, await response.text()
         return (await response.json())["thread"]
 
 
 async def last_sequence(session: aiohttp.ClientSession, url: str) -> int:
     """The newest event's sequence (the debug snapshot lists the latest events first)."""
-    async with session.get(url + "/api/v1/forum/debug?limit=1") as response:
+    async with session.get(url + "/api/v1/forum/debug?limit=1", headers=auth_headers(url)) as response:
         events = (await response.json())["debug"]["events"]
     return events[0]["sequence"] if events else 0
 
@@ -93,7 +94,8 @@ class Collector:
 
 
 async def connect(session: aiohttp.ClientSession, url: str, **query: Any) -> Collector:
-    ws = await session.ws_connect(url + STREAM, params={k: str(v) for k, v in query.items()})
+    ws = await session.ws_connect(url + STREAM, params={k: str(v) for k, v in query.items()},
+                                  headers=auth_headers(url))
     return Collector(ws)
 
 
@@ -202,7 +204,8 @@ async def test_filters_by_ticket_and_run_id_in_catch_up_and_live(
     newest = await last_sequence(session, server.url)
 
     async def expected(query: str) -> list[int]:
-        async with session.get(f"{server.url}/api/v1/forum/events?{query}&limit=1000") as response:
+        async with session.get(f"{server.url}/api/v1/forum/events?{query}&limit=1000",
+                               headers=auth_headers(server.url)) as response:
             return [e["sequence"] for e in (await response.json())["events"]]
 
     for client, query in ((by_ticket, f"ticket={ta}"), (by_run, f"run_id={run}"), (both, f"ticket={ta}&run_id={run}")):
@@ -237,15 +240,15 @@ async def test_bad_query_is_http_400_before_the_upgrade(
     server: ServeProcess, session: aiohttp.ClientSession, query: dict[str, str], code: str
 ) -> None:
     with pytest.raises(aiohttp.WSServerHandshakeError) as raised:
-        await session.ws_connect(server.url + STREAM, params=query)
+        await session.ws_connect(server.url + STREAM, params=query, headers=auth_headers(server.url))
     assert raised.value.status == 400
-    async with session.get(server.url + STREAM, params=query) as response:
+    async with session.get(server.url + STREAM, params=query, headers=auth_headers(server.url)) as response:
         assert response.status == 400
         assert (await response.json())["error"]["code"] == code
 
 
 async def test_plain_get_without_upgrade_is_400(server: ServeProcess, session: aiohttp.ClientSession) -> None:
-    async with session.get(server.url + STREAM) as response:
+    async with session.get(server.url + STREAM, headers=auth_headers(server.url)) as response:
         assert response.status == 400
         assert (await response.json())["error"]["code"] == "websocket_required"
 
@@ -261,8 +264,9 @@ def raw_websocket(url: str, path: str) -> tuple[socket.socket, bytes]:
     sock.settimeout(10)
     sock.connect((host, int(port)))
     key = base64.b64encode(os.urandom(16)).decode()
+    auth = "".join(f"{name}: {value}\r\n" for name, value in auth_headers(url).items())
     sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n").encode())
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = sock.recv(1)
@@ -313,7 +317,7 @@ async def test_a_stalled_client_is_closed_with_1013_while_another_gets_everythin
     healthy = await connect(session, server.url)
 
     async def slow_closed() -> float:
-        async with session.get(server.url + "/metrics") as response:
+        async with session.get(server.url + "/metrics", headers=auth_headers(server.url)) as response:
             for line in (await response.text()).splitlines():
                 if line.startswith("metawsm_websocket_slow_closed_total "):
                     return float(line.split()[1])
@@ -369,7 +373,7 @@ async def test_protocol_ping_pong_keeps_an_idle_connection_alive(
     server: ServeProcess, session: aiohttp.ClientSession
 ) -> None:
     # The client pings every 0.3 s and drops the connection if a pong is 0.15 s late.
-    ws = await session.ws_connect(server.url + STREAM, heartbeat=0.3)
+    ws = await session.ws_connect(server.url + STREAM, heartbeat=0.3, headers=auth_headers(server.url))
     client = Collector(ws)
     await async_wait_until(lambda: sum(f["type"] == "heartbeat" for f in client.frames) >= 3, timeout=10,
                            message="idle for three heartbeat periods")
@@ -406,7 +410,8 @@ def test_stream_frames_are_counted_in_metrics(server: ServeProcess) -> None:
     import urllib.request
 
     def frames_total() -> float:
-        with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
+        request = urllib.request.Request(server.url + "/metrics", headers=auth_headers(server.url))
+        with urllib.request.urlopen(request, timeout=5) as response:
             for line in response.read().decode().splitlines():
                 if line.startswith("metawsm_websocket_frames_total "):
                     return float(line.split()[1])

@@ -20,6 +20,7 @@ from typing import Any
 
 from metawsm.transport.redis_process import free_tcp_port
 from metawsm.waiting import wait_until
+from support.http import auth_headers
 
 TICKET = "METAWSM-002"
 
@@ -52,7 +53,8 @@ def refused(result: subprocess.CompletedProcess[str], code: int = 2) -> str:
 
 def http(url: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **auth_headers(url)})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -68,7 +70,8 @@ def api(server: str, path: str, **query: Any) -> Any:
 
 
 def metric(server: str, line_prefix: str) -> float:
-    with urllib.request.urlopen(server + "/metrics", timeout=10) as response:
+    with urllib.request.urlopen(urllib.request.Request(server + "/metrics", headers=auth_headers(server)),
+                                timeout=10) as response:
         text = response.read().decode()
     for line in text.splitlines():
         if line.startswith(line_prefix + " "):

@@ -12,6 +12,7 @@ import urllib.request
 from typing import Any
 
 from metawsm.waiting import wait_until
+from support.http import auth_headers
 
 TICKET = "METAWSM-002"
 
@@ -63,19 +64,21 @@ class Watch:
 
 def post_json(server: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     request = urllib.request.Request(server + "/api/v1" + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **auth_headers(server)})
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
         return json.loads(response.read())
 
 
 def get_json(server: str, path: str) -> dict[str, Any]:
-    with urllib.request.urlopen(server + "/api/v1" + path, timeout=30) as response:
+    with urllib.request.urlopen(urllib.request.Request(server + "/api/v1" + path, headers=auth_headers(server)),
+                                timeout=30) as response:
         return json.loads(response.read())
 
 
 def stream_clients(server: str) -> int:
-    with urllib.request.urlopen(server + "/metrics", timeout=10) as response:
+    with urllib.request.urlopen(urllib.request.Request(server + "/metrics", headers=auth_headers(server)),
+                                timeout=10) as response:
         for line in response.read().decode().splitlines():
             if line.startswith("metawsm_websocket_clients "):
                 return int(float(line.split()[1]))

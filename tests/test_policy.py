@@ -1,4 +1,6 @@
-"""The policy contract (spec/policy.md): defaults, decoding errors, every validation message."""
+"""The policy contract (docs/policy.md): defaults, decoding errors, every validation message.
+
+Compatibility with the Go version's policies is in test_policy_go.py."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from metawsm.policy import (
     default_policy,
     encode_policy,
     load_policy,
+    policy_file_bytes,
     policy_from_mapping,
     redacted_redis_url,
     validate_policy,
@@ -32,33 +35,50 @@ from metawsm.policy import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# The defaults exactly as spec/policy.md lists them.
+# The defaults exactly as docs/policy.md lists them (the Go version's fields included).
 SPEC_DEFAULTS: dict[str, Any] = {
     "version": 2,
     "workspace": {"default_strategy": "create", "branch_prefix": "task", "base_branch": "main",
                   "provider": "git_worktree", "root": ".metawsm/workspaces", "repo_sources": {}},
-    "docs": {"provider": "builtin", "seed_mode": "copy_from_repo_on_start"},
-    "tmux": {"socket": "metawsm", "session_pattern": "{agent}-{workspace}"},
-    "execution": {"step_retries": 1},
+    "docs": {"provider": "builtin", "seed_mode": "copy_from_repo_on_start",
+             "authority_mode": "workspace_active", "stale_warning_seconds": 900,
+             "api": {"workspace_endpoints": [], "repo_endpoints": [], "request_timeout_seconds": 3}},
+    "tmux": {"socket": "auto", "session_pattern": "{agent}-{workspace}"},
+    "execution": {"step_retries": 1, "max_tickets_per_run": 10},
     "health": {"poll_seconds": 2, "idle_seconds": 300, "activity_stalled_seconds": 900,
                "progress_stalled_seconds": 1200},
+    "close": {"require_clean_git": True},
     "operator": {"unhealthy_confirmations": 2, "restart_budget": 3,
                  "restart_cooldown_seconds": 60, "restart_budget_reset_seconds": 1800,
-                 "restart_stalled": False},
+                 "restart_stalled": False, "stale_run_age_seconds": 3600,
+                 "llm": {"mode": "assist", "command": "codex", "model": "", "timeout_seconds": 30,
+                         "max_tokens": 400}},
     "forum": {"enabled": True,
               "topics": {"command_prefix": "forum.commands", "event_prefix": "forum.events",
                          "integration_prefix": "forum.integration"},
               "redis": {"url": "redis://127.0.0.1:6379/0", "stream": "metawsm-forum",
                         "group": "metawsm-forum", "consumer": "operator", "embedded": "auto"},
               "max_attempts": 5, "write_wait_ms": 5000, "heartbeat_seconds": 15,
-              "sla": {"escalation_minutes": 30}},
+              "sla": {"escalation_minutes": 30}, "docs_sync": {"enabled": True}},
+    "git_pr": {"mode": "assist", "credential_mode": "local_user_auth", "branch_template": "{ticket}/{repo}/{run}",
+               "require_all": True, "required_checks": ["tests", "forbidden_files", "ticket_workflow", "clean_tree"],
+               "test_commands": [],
+               "forbidden_file_patterns": [".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa",
+                                           "id_ed25519"],
+               "allowed_repos": [], "default_labels": [], "default_reviewers": [],
+               "review_feedback": {"enabled": False, "mode": "assist", "include_review_comments": True,
+                                   "ignore_authors": [], "max_items_per_sync": 50,
+                                   "auto_dispatch_cap_per_interval": 1}},
     "supervision": {"max_restarts": 5, "within_seconds": 10, "backoff_initial_ms": 100,
                     "backoff_max_ms": 10000},
     "debug": {"fault_injection": False},
+    "api": {"allowed_hosts": [], "allowed_origins": []},
     "agent_profiles": [{"name": "default-shell", "runner": "shell", "base_prompt": "",
-                        "skills": [], "runner_options": {"command": "bash"}}],
+                        "skills": [], "runner_options": {"full_auto": False, "command": "bash"}}],
     "agents": [{"name": "agent", "profile": "default-shell"}],
 }
+# Sections policy-init leaves out: every field in them has no effect here yet.
+INERT_SECTIONS = ("close", "git_pr")
 
 
 def mutated(changes: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +105,11 @@ def write_json(path: Path, data: Any) -> Path:
 
 def shell_profile(name: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "runner": "shell", "runner_options": {"command": "bash"}, **extra}
+
+
+def endpoint(**fields: str) -> dict[str, str]:
+    """A valid docs API endpoint (add ``workspace`` for a workspace endpoint), with overrides."""
+    return {"name": "d1", "base_url": "http://127.0.0.1:8710", "repo": "app", **fields}
 
 
 # --------------------------------------------------------------------------- defaults and loading
@@ -129,11 +154,17 @@ def test_round_trip_write_then_load(tmp_path: Path) -> None:
     path = write_default_policy(tmp_path / "nested" / "dir" / "policy.json", force=False)
     assert path == tmp_path / "nested" / "dir" / "policy.json"
     raw = path.read_bytes()
-    assert raw == encode_policy(default_policy())
+    assert raw == policy_file_bytes(default_policy())
     assert raw.endswith(b"}\n")
     assert b'\n  "workspace": {\n    "default_strategy": "create",' in raw
-    assert list(json.loads(raw)) == list(SPEC_DEFAULTS)  # sections in spec order
+    # Sections in spec order, without the ones that only hold fields with no effect here.
+    assert list(json.loads(raw)) == [name for name in SPEC_DEFAULTS if name not in INERT_SECTIONS]
     assert load_policy(path) == default_policy()
+
+
+def test_encode_policy_writes_every_field_in_spec_order() -> None:
+    assert json.loads(encode_policy(default_policy())) == SPEC_DEFAULTS
+    assert list(json.loads(encode_policy(default_policy()))) == list(SPEC_DEFAULTS)
 
 
 def test_write_refuses_existing_without_force(tmp_path: Path) -> None:
@@ -149,6 +180,7 @@ def test_write_refuses_existing_without_force(tmp_path: Path) -> None:
 
 def test_policy_from_mapping_validates() -> None:
     assert policy_from_mapping({"tmux": {"socket": "t1"}}).tmux.socket == "t1"
+    assert policy_from_mapping({}).tmux.socket == "auto"
     with pytest.raises(PolicyError, match="^tmux.socket cannot be empty$"):
         policy_from_mapping({"tmux": {"socket": " "}})
 
@@ -186,6 +218,15 @@ def test_unreadable_path_is_an_error(tmp_path: Path) -> None:
          'policy: unknown field "colour" at agent_profiles[0]'),
         ({"agent_profiles": [{"name": "p", "runner": "shell", "runner_options": {"cmd": "x"}}]},
          'policy: unknown field "cmd" at agent_profiles[0].runner_options'),
+        # In neither this schema nor the Go version's: still an error, with its path.
+        ({"git_pr": {"auto_merge": True}}, 'policy: unknown field "auto_merge" at git_pr'),
+        ({"git_pr": {"review_feedback": {"notify": True}}},
+         'policy: unknown field "notify" at git_pr.review_feedback'),
+        ({"operator": {"llm": {"temperature": 0}}}, 'policy: unknown field "temperature" at operator.llm'),
+        ({"close": {"force": True}}, 'policy: unknown field "force" at close'),
+        ({"docs": {"api": {"repo_endpoints": [{"name": "d", "token": "t"}]}}},
+         'policy: unknown field "token" at docs.api.repo_endpoints[0]'),
+        ({"forum": {"docs_sync": {"interval": 5}}}, 'policy: unknown field "interval" at forum.docs_sync'),
     ],
 )
 def test_unknown_keys_name_key_and_path(tmp_path: Path, data: Any, message: str) -> None:
@@ -209,6 +250,9 @@ def test_unknown_keys_name_key_and_path(tmp_path: Path, data: Any, message: str)
          "policy: agents[0].name: expected str, got int"),
         ({"agents": [{"name": "a"}]}, 'policy: missing required field "profile" at agents[0]'),
         ([1, 2], "policy: expected object, got array"),
+        ({"docs": {"api": {"workspace_endpoints": {}}}},
+         "policy: docs.api.workspace_endpoints: expected array or null, got object"),
+        ({"git_pr": {"required_checks": "tests"}}, "policy: git_pr.required_checks: expected array, got str"),
     ],
 )
 def test_wrong_types_name_the_field_path(tmp_path: Path, data: Any, message: str) -> None:
@@ -230,9 +274,29 @@ CASES: list[tuple[dict[str, Any], str]] = [
     ({"workspace.root": ""}, "workspace.root cannot be empty"),
     ({"docs.provider": "wiki"}, "docs.provider must be builtin|docmgr|none"),
     ({"docs.seed_mode": "copy"}, "docs.seed_mode must be none|copy_from_repo_on_start"),
+    ({"docs.authority_mode": " "}, "docs.authority_mode cannot be empty"),
+    ({"docs.authority_mode": "repo_first"}, 'docs.authority_mode must be "workspace_active"'),
+    ({"docs.stale_warning_seconds": 0}, "docs.stale_warning_seconds must be > 0"),
+    ({"docs.api.request_timeout_seconds": -1}, "docs.api.request_timeout_seconds must be > 0"),
+    # Endpoints: the workspace list is checked before the repo list, each endpoint field by field.
+    ({"docs.api.workspace_endpoints": [endpoint(name=" ", workspace="w")]},
+     "docs.api.workspace_endpoints.name cannot be empty"),
+    ({"docs.api.workspace_endpoints": [endpoint(base_url="http://", workspace="w")]},
+     'docs.api endpoint "d1" has invalid base_url "http://"'),
+    ({"docs.api.workspace_endpoints": [endpoint()]}, 'docs.api workspace endpoint "d1" requires workspace'),
+    ({"docs.api.workspace_endpoints": [endpoint(name="notes", workspace="w")],
+      "docs.api.repo_endpoints": [endpoint(name="notes")]}, 'duplicate docs API endpoint name "notes"'),
+    ({"docs.api.repo_endpoints": [endpoint(name="")]}, "docs.api.repo_endpoints.name cannot be empty"),
+    ({"docs.api.repo_endpoints": [endpoint(base_url=" ")]}, 'docs.api endpoint "d1" base_url cannot be empty'),
+    ({"docs.api.repo_endpoints": [endpoint(base_url="ftp://docs.test")]},
+     'docs.api endpoint "d1" has invalid base_url "ftp://docs.test"'),
+    ({"docs.api.repo_endpoints": [endpoint(web_url="docs.test/ui")]},
+     'docs.api endpoint "d1" has invalid web_url "docs.test/ui"'),
+    ({"docs.api.repo_endpoints": [endpoint(repo="")]}, 'docs.api endpoint "d1" repo cannot be empty'),
     ({"tmux.session_pattern": ""}, "tmux.session_pattern cannot be empty"),
     ({"tmux.socket": ""}, "tmux.socket cannot be empty"),
     ({"execution.step_retries": -1}, "execution.step_retries must be >= 0"),
+    ({"execution.max_tickets_per_run": 0}, "execution.max_tickets_per_run must be > 0"),
     ({"health.poll_seconds": 0}, "health.poll_seconds must be > 0"),
     ({"health.idle_seconds": 0}, "health thresholds must be > 0"),
     ({"health.activity_stalled_seconds": -5}, "health thresholds must be > 0"),
@@ -243,6 +307,11 @@ CASES: list[tuple[dict[str, Any], str]] = [
     ({"operator.restart_cooldown_seconds": 0}, "operator.restart_cooldown_seconds must be > 0"),
     ({"operator.restart_budget_reset_seconds": -1},
      "operator.restart_budget_reset_seconds must be > 0"),
+    ({"operator.stale_run_age_seconds": 0}, "operator.stale_run_age_seconds must be > 0"),
+    ({"operator.llm.mode": "manual"}, "operator.llm.mode must be off|assist|auto"),
+    ({"operator.llm.command": " "}, "operator.llm.command cannot be empty"),
+    ({"operator.llm.timeout_seconds": 0}, "operator.llm.timeout_seconds must be > 0"),
+    ({"operator.llm.max_tokens": 0}, "operator.llm.max_tokens must be > 0"),
     ({"forum.topics.command_prefix": ""}, "forum.topics.command_prefix cannot be empty"),
     ({"forum.topics.event_prefix": " "}, "forum.topics.event_prefix cannot be empty"),
     ({"forum.topics.integration_prefix": ""}, "forum.topics.integration_prefix cannot be empty"),
@@ -255,15 +324,38 @@ CASES: list[tuple[dict[str, Any], str]] = [
     ({"forum.write_wait_ms": 0}, "forum.write_wait_ms must be > 0"),
     ({"forum.heartbeat_seconds": 0}, "forum.heartbeat_seconds must be > 0"),
     ({"forum.sla.escalation_minutes": 0}, "forum.sla.escalation_minutes must be > 0"),
+    ({"git_pr.mode": "always"}, "git_pr.mode must be off|assist|auto"),
+    ({"git_pr.credential_mode": "token"}, "git_pr.credential_mode must be local_user_auth"),
+    ({"git_pr.branch_template": " "}, "git_pr.branch_template cannot be empty"),
+    ({"git_pr.required_checks": ["tests", " "]}, "git_pr.required_checks cannot contain empty values"),
+    ({"git_pr.required_checks": ["tests", "lint"]}, 'git_pr.required_checks contains unsupported check "lint"'),
+    ({"git_pr.test_commands": [""]}, "git_pr.test_commands cannot contain empty values"),
+    ({"git_pr.forbidden_file_patterns": ["*.pem", ""]}, "git_pr.forbidden_file_patterns cannot contain empty values"),
+    ({"git_pr.allowed_repos": [" "]}, "git_pr.allowed_repos cannot contain empty values"),
+    ({"git_pr.default_labels": [""]}, "git_pr.default_labels cannot contain empty values"),
+    ({"git_pr.default_reviewers": [""]}, "git_pr.default_reviewers cannot contain empty values"),
+    ({"git_pr.review_feedback.mode": "off"}, "git_pr.review_feedback.mode must be assist|auto"),
+    ({"git_pr.review_feedback.include_review_comments": False},
+     "git_pr.review_feedback.include_review_comments must be true for V1"),
+    ({"git_pr.review_feedback.ignore_authors": [""]},
+     "git_pr.review_feedback.ignore_authors cannot contain empty values"),
+    ({"git_pr.review_feedback.max_items_per_sync": 0}, "git_pr.review_feedback.max_items_per_sync must be > 0"),
+    ({"git_pr.review_feedback.auto_dispatch_cap_per_interval": 0},
+     "git_pr.review_feedback.auto_dispatch_cap_per_interval must be > 0"),
     ({"supervision.max_restarts": 0}, "supervision.max_restarts must be > 0"),
     ({"supervision.within_seconds": 0}, "supervision.within_seconds must be > 0"),
     ({"supervision.backoff_initial_ms": 0}, "supervision.backoff_initial_ms must be > 0"),
     ({"supervision.backoff_max_ms": 0}, "supervision.backoff_max_ms must be > 0"),
     ({"supervision.backoff_max_ms": 50}, "supervision.backoff_max_ms must be >= backoff_initial_ms"),
+    ({"api.allowed_hosts": ["dev box"]}, 'api.allowed_hosts entry "dev box" must be a host name or host:port'),
+    ({"api.allowed_origins": ["https://dash.test/path"]},
+     'api.allowed_origins entry "https://dash.test/path" must be an origin such as https://host:port'),
     ({"agent_profiles": []}, "agent_profiles must contain at least one entry"),
     ({"agent_profiles": [shell_profile(" ")]}, "agent_profiles[0].name cannot be empty"),
     ({"agent_profiles": [shell_profile("default-shell"), shell_profile("default-shell")]},
      'duplicate agent profile "default-shell"'),
+    ({"agent_profiles": [{"name": "default-shell", "runner": "codex", "base_prompt": " "}]},
+     'agent profile "default-shell" requires non-empty base_prompt for codex runner'),
     ({"agent_profiles": [{"name": "default-shell", "runner": "shell"}]},
      'agent profile "default-shell" requires runner_options.command for shell runner'),
     ({"agent_profiles": [{"name": "default-shell", "runner": "command",
@@ -271,6 +363,8 @@ CASES: list[tuple[dict[str, Any], str]] = [
      'agent profile "default-shell" requires runner_options.command for command runner'),
     ({"agent_profiles": [{"name": "default-shell", "runner": "docker"}]},
      'agent profile "default-shell" has unsupported runner "docker"'),
+    ({"agent_profiles": [shell_profile("default-shell", skills=["docmgr", " "])]},
+     'agent profile "default-shell" has empty skill name'),
     ({"agents": []}, "agents must contain at least one entry"),
     ({"agents": [{"name": "", "profile": "default-shell"}]}, "agents[0].name cannot be empty"),
     ({"agents": [{"name": "a", "profile": "default-shell"}, {"name": "a", "profile": "default-shell"}]},
@@ -387,7 +481,7 @@ def test_policy_init_cli(tmp_path: Path) -> None:
 
     forced = runner.invoke(cli, ["policy-init", "--policy", str(path), "--force"])
     assert forced.exit_code == 0
-    assert path.read_bytes() == encode_policy(default_policy())
+    assert path.read_bytes() == policy_file_bytes(default_policy())
 
 
 def test_policy_init_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

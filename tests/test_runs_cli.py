@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from metawsm.waiting import wait_until
-from support.agents import BRIEF, BRIEF_FLAGS, LONG_AGENT, PYTHON, RunsEnv, runs_env, worktree_paths  # noqa: F401
+from support.agents import (  # noqa: F401 - runs_env is a fixture
+    BRIEF,
+    BRIEF_FLAGS,
+    LONG_AGENT,
+    PYTHON,
+    PtySession,
+    RunsEnv,
+    runs_env,
+    worktree_paths,
+)
 
 LABELS = [("--goal", "Goal"), ("--scope", "Scope"), ("--done-criteria", "Done criteria"),
           ("--constraints", "Constraints"), ("--merge-intent", "Merge intent")]
@@ -40,55 +45,6 @@ def test_bootstrap_non_interactive_missing_field(flag: str, label: str, tmp_path
     assert result.stdout == ""
     assert result.stderr == (f'error: missing required bootstrap intake field "{label}"; '
                              "provide all fields via flags in non-interactive mode\n")
-
-
-class PtySession:
-    """A command on a pseudo-terminal: wait for prompts, type answers."""
-
-    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
-        master, slave = pty.openpty()
-        self.master = master
-        self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
-                                        close_fds=True, start_new_session=True)
-        os.close(slave)
-        self.output = b""
-        self.position = 0
-
-    def _pump(self) -> None:
-        ready, _, _ = select.select([self.master], [], [], 0.02)
-        if ready:
-            try:
-                self.output += os.read(self.master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                pass
-
-    def expect(self, text: str, timeout: float = 30.0) -> None:
-        needle = text.encode()
-
-        def seen() -> bool:
-            self._pump()
-            return needle in self.output[self.position:]
-
-        wait_until(seen, timeout=timeout, interval=0.001,
-                   message=f"prompt {text!r}; terminal so far: {self.output.decode(errors='replace')!r}")
-        self.position = self.output.index(needle, self.position) + len(needle)
-
-    def send(self, line: str) -> None:
-        os.write(self.master, line.encode() + b"\r")
-
-    def finish(self, timeout: float = 120.0) -> tuple[int, str]:
-        def done() -> bool:
-            self._pump()
-            return self.process.poll() is not None
-
-        wait_until(done, timeout=timeout, interval=0.01, message="the command to finish")
-        for _ in range(20):
-            before = len(self.output)
-            self._pump()
-            if len(self.output) == before:
-                break
-        os.close(self.master)
-        return self.process.returncode, self.output.decode(errors="replace").replace("\r\n", "\n")
 
 
 def test_bootstrap_interactive_intake_on_a_terminal(runs_env) -> None:  # noqa: F811

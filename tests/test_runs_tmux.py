@@ -210,3 +210,25 @@ def test_user_tmux_environment_is_not_inherited(tmux: Tmux, tmp_path: Path,
     tmux.new_session("nested", tmp_path, ["sleep", "30"])
     assert tmux.has_session("nested")
     assert os.environ["TMUX"]  # the caller's environment is left as it was
+
+
+def _program(directory: Path, name: str, line: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    program = directory / name
+    program.write_text(f'#!/bin/sh\necho "{line} $1 PATH=$PATH"\nexec sleep 30\n')
+    program.chmod(0o755)
+
+
+def test_a_path_in_env_is_the_panes_path_and_finds_its_program(tmux: Tmux, tmp_path: Path) -> None:
+    # tmux would give the pane the PATH of the client process, not the -e PATH; the agent's wins.
+    first, second = tmp_path / "first-bin", tmp_path / "second-bin"
+    _program(first, "greet", "first")
+    _program(second, "greet", "second")
+    assert str(first) not in os.environ["PATH"]
+    log = tmp_path / "greet.log"
+    path = f"{first}:/usr/bin:/bin"
+    tmux.new_session("greeter", tmp_path, ["greet", "hello"], {"PATH": path}, log)
+    wait_until(lambda: _log_contains(log, f"first hello PATH={path}\n"), message="the program found on the agent's PATH")
+    path = f"{second}:/usr/bin:/bin"
+    tmux.respawn("greeter", ["greet", "again"], {"PATH": path})
+    wait_until(lambda: _log_contains(log, f"second again PATH={path}\n"), message="respawn uses the new PATH")

@@ -30,7 +30,7 @@ from metawsm.store import (
 from metawsm.store.schema_forum import ALL_TABLES, PROJECTION_TABLES, next_event_sequence
 from metawsm.store.schema_runs import TABLES as RUN_TABLES
 
-# The contract, written out independently of the schema modules (spec/forum.md, runs.md).
+# The contract, written out independently of the schema modules (docs/store.md).
 CONTRACT: dict[str, set[str]] = {
     "forum_threads": {
         "thread_id", "ticket", "run_id", "agent_name", "title", "state", "priority",
@@ -103,6 +103,7 @@ CONTRACT: dict[str, set[str]] = {
     },
     "events": {"id", "run_id", "at", "kind", "from_status", "to_status", "message"},
     "doc_sync_states": {"run_id", "ticket", "workspace", "status", "revision", "updated_at"},
+    "agent_tokens": {"token_sha256", "run_id", "ticket", "agent_name", "created_at", "revoked_at"},
 }
 
 PRIMARY_KEYS: dict[str, list[str]] = {
@@ -123,6 +124,7 @@ PRIMARY_KEYS: dict[str, list[str]] = {
     "run_agents": ["run_id", "agent_name", "workspace"],
     "run_briefs": ["run_id"],
     "doc_sync_states": ["run_id", "ticket", "workspace"],
+    "agent_tokens": ["token_sha256"],
 }
 
 RUNBOOK_QUERIES = (
@@ -316,9 +318,9 @@ def test_upgrading_an_older_database_applies_only_what_is_missing(db_path: Path)
     assert migrate(conn, MIGRATIONS[:1]) == [1]
     names = set(sqlite_utils.Database(conn).table_names())
     assert "forum_threads" in names and "runs" not in names
-    assert migrate(conn) == [2]
-    assert set(RUN_TABLES) <= set(sqlite_utils.Database(conn).table_names())
-    assert current_version(conn) == 2
+    assert migrate(conn) == [2, 3]
+    assert {*RUN_TABLES, "agent_tokens"} <= set(sqlite_utils.Database(conn).table_names())
+    assert current_version(conn) == 3
     conn.close()
 
 

@@ -34,7 +34,8 @@ from typing import Any
 import pytest
 
 from metawsm.waiting import wait_until
-from support.browser import DESKTOP, SCREENSHOTS, VIEWER, announce, launched_chromium, record_page_problems
+from support.browser import DESKTOP, SCREENSHOTS, VIEWER, announce, launched_chromium, log_in, record_page_problems
+from support.http import auth_headers
 
 pytestmark = pytest.mark.browser  # `make test BROWSER=0` deselects these
 
@@ -77,6 +78,7 @@ def ui(browser: Any, serve_process: Any) -> Iterator[Ui]:
     context.add_init_script(f"try {{ if (!localStorage.getItem('metawsm.viewer')) "
                             f"localStorage.setItem('metawsm.viewer', {json.dumps(VIEWER)}); }} catch (e) {{}}")
     page = context.new_page()
+    log_in(page, serve_process.url)
     state = Ui(page, serve_process.url)
     record_page_problems(page, serve_process.url, state.external, state.errors)
     try:
@@ -104,7 +106,8 @@ def ask(url: str, ticket: str, title: str, body: str = "What now?", **options: s
 
 def call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url + path, method=method, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url + path, method=method, data=data,
+                                     headers={"Content-Type": "application/json", **auth_headers(url)})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())

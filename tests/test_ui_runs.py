@@ -33,7 +33,7 @@ import pytest
 
 from metawsm.waiting import wait_until
 from support.agents import RunsEnv, find_node, git, runs_env  # noqa: F401 - runs_env is a fixture
-from support.browser import DESKTOP, SCREENSHOTS, VIEWER, announce, launched_chromium, record_page_problems
+from support.browser import DESKTOP, SCREENSHOTS, VIEWER, announce, launched_chromium, log_in, record_page_problems
 
 pytestmark = pytest.mark.browser  # `make test BROWSER=0` deselects these
 
@@ -83,6 +83,7 @@ def page(browser: Any, env: RunsEnv) -> Iterator[Any]:
     context = browser.new_context(viewport=DESKTOP)
     context.add_init_script(f"try {{ localStorage.setItem('metawsm.viewer', {json.dumps(VIEWER)}); }} catch (e) {{}}")
     page = context.new_page()
+    log_in(page, env.url)
     external: list[str] = []
     errors: list[str] = []
     record_page_problems(page, env.url, external, errors)

@@ -8,12 +8,14 @@ import uuid
 from aiohttp import web
 
 from metawsm.actors.errors import ActorError, Refusal
-from metawsm.api import forum_routes, runs_routes, stream, system_routes, web_routes
+from metawsm.api import auth_routes, forum_routes, policy_routes, runs_routes, stream, system_routes, web_routes
+from metawsm.api.auth import AUTH, AuthSettings, authenticate
 from metawsm.api.codec import MAX_BODY_BYTES
 from metawsm.api.context import CONTEXT, ApiContext
 from metawsm.api.errors import ApiError, error_response
 from metawsm.api.openapi import build_openapi
 from metawsm.api.registry import RouteTable
+from metawsm.api.security import EXPOSURE, Exposure, browser_guard, json_writes
 from metawsm.api.system_routes import OPENAPI
 
 log = logging.getLogger("metawsm.api")
@@ -25,6 +27,8 @@ def route_table() -> RouteTable:
     table.extend(forum_routes.routes())
     table.extend(stream.routes())
     table.extend(runs_routes.routes())
+    table.extend(policy_routes.routes())
+    table.extend(auth_routes.routes())
     table.extend(web_routes.routes())
     return table
 
@@ -68,10 +72,17 @@ async def errors_middleware(request: web.Request, handler: web.Handler) -> web.S
         return error_response(500, "internal_error", f"internal error (request id {request_id}); see the daemon log")
 
 
-def build_app(ctx: ApiContext) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_middleware])
+def build_app(ctx: ApiContext, exposure: Exposure, *, token_file: str = "") -> web.Application:
+    """The API.  Middlewares run outermost first: every refusal (Host, Origin, token) gets the
+    JSON error shape and is counted; the browser checks come before the token check, so they
+    hold with and without tokens."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES,
+                          middlewares=[errors_middleware, browser_guard, authenticate, json_writes])
     app[CONTEXT] = ctx
     table = route_table()
+    tokens = ctx.services.tokens if ctx.services.auth_enabled else None
+    app[AUTH] = AuthSettings(tokens=tokens, token_file=token_file, access=table.access_by_handler())
+    app[EXPOSURE] = exposure
     table.install(app)
     web_routes.install_assets(app)  # /ui/* files: not API, so not in the OpenAPI document
     app[OPENAPI] = build_openapi(table)

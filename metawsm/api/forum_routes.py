@@ -8,11 +8,14 @@ from typing import Any
 
 from aiohttp import web
 
+import msgspec
+
 from metawsm.actors.forum.messages import RebuildResult
+from metawsm.api.auth import confine_signal, confine_to_run, confine_viewer, identity, speak_as
 from metawsm.api.codec import json_response, parse_query, read_body
 from metawsm.api.context import context
 from metawsm.api.errors import ErrorResponse
-from metawsm.api.registry import Route
+from metawsm.api.registry import Access, Route
 from metawsm.api.schemas import (
     AcceptedResponse,
     BusDebug,
@@ -84,11 +87,21 @@ async def _write(request: web.Request, body: Any, thread_id: str = "", default_a
 
 
 async def open_thread(request: web.Request) -> web.Response:
-    return await _write(request, await read_body(request, OpenThreadRequest))
+    body = speak_as(request, await read_body(request, OpenThreadRequest))
+    who = identity(request)
+    if who.is_agent:  # an agent opens threads in its own run's ticket, as itself
+        confine_to_run(request, run_id=body.run_id, ticket=body.ticket, agent_name=body.agent_name)
+        body = msgspec.structs.replace(body, run_id=who.run_id, agent_name=who.agent)
+    return await _write(request, body)
 
 
 async def add_post(request: web.Request) -> web.Response:
-    return await _write(request, await read_body(request, AddPostRequest), request.match_info["thread_id"])
+    body = speak_as(request, await read_body(request, AddPostRequest))
+    thread_id = request.match_info["thread_id"]
+    if identity(request).is_agent:
+        thread = await context(request).forum.read_async(lambda r: r.get_thread(thread_id))
+        confine_to_run(request, run_id=thread.run_id, ticket=thread.ticket)
+    return await _write(request, body, thread_id)
 
 
 async def answer(request: web.Request) -> web.Response:
@@ -113,12 +126,16 @@ async def close_thread(request: web.Request) -> web.Response:
 
 
 async def control_signal(request: web.Request) -> web.Response:
-    body = await read_body(request, ControlSignalRequest)
+    body = speak_as(request, await read_body(request, ControlSignalRequest))
+    if identity(request).is_agent:
+        confine_signal(request, body.payload.get("control_type"))
+        confine_to_run(request, run_id=body.run_id, ticket=body.ticket, agent_name=body.agent_name)
     return await _write(request, body, default_actor_type="operator")
 
 
 async def mark_seen(request: web.Request) -> web.Response:
     body = await read_body(request, SeenRequest)
+    confine_viewer(request, body.viewer_type, body.viewer_id)
     thread_id = request.match_info["thread_id"]
     marker = await context(request).forum.read_async(
         lambda r: r.mark_seen(thread_id, body.viewer_type, body.viewer_id, body.last_seen_event_sequence)
@@ -237,11 +254,11 @@ def routes() -> list[Route]:
         Route("GET", "/api/v1/forum/threads", list_threads, "List threads, newest update first", "forum",
               query=ListThreadsQuery, responses={200: ThreadsResponse, **E400}),
         Route("POST", "/api/v1/forum/threads", open_thread, "Open a thread (ask)", "forum",
-              body=OpenThreadRequest, responses={200: ThreadResponse, **write}),
+              body=OpenThreadRequest, responses={200: ThreadResponse, **write}, access=Access.AGENT),
         Route("GET", THREAD, thread_detail, "A thread with its posts and events", "forum",
               query=ViewerQuery, responses={200: ThreadDetailResponse, **E400, **E404}),
         Route("POST", THREAD + "/posts", add_post, "Add a post", "forum",
-              body=AddPostRequest, responses={200: ThreadResponse, **write}),
+              body=AddPostRequest, responses={200: ThreadResponse, **write}, access=Access.AGENT),
         Route("POST", THREAD + "/answer", answer, "Answer: post, then state answered", "forum",
               body=AnswerRequest, responses={200: ThreadResponse, **write}),
         Route("POST", THREAD + "/assign", assign, "Assign the thread", "forum",
@@ -253,19 +270,19 @@ def routes() -> list[Route]:
         Route("POST", THREAD + "/close", close_thread, "Close the thread", "forum",
               body=CloseRequest, responses={200: ThreadResponse, **write}),
         Route("POST", THREAD + "/seen", mark_seen, "Record a viewer's seen marker", "forum",
-              body=SeenRequest, responses={200: SeenResponse, **E400, **E404}),
+              body=SeenRequest, responses={200: SeenResponse, **E400, **E404}, access=Access.AGENT),
         Route("GET", "/api/v1/forum/search", search, "Search titles and posts", "forum",
               query=SearchQuery, responses={200: ThreadPageResponse, **E400}),
         Route("GET", "/api/v1/forum/queues", queues, "Unseen or unanswered threads for a viewer", "forum",
               query=QueueQuery, responses={200: ThreadPageResponse, **E400}),
         Route("POST", "/api/v1/forum/control/signal", control_signal, "Post a control signal", "forum",
-              body=ControlSignalRequest, responses={200: ThreadResponse, **write}),
+              body=ControlSignalRequest, responses={200: ThreadResponse, **write}, access=Access.AGENT),
         Route("GET", "/api/v1/forum/events", events, "The event log after a cursor", "forum",
               query=EventsQuery, responses={200: EventsResponse, **E400}),
         Route("GET", "/api/v1/forum/stats", stats, "Thread counts by ticket, run, state and priority", "forum",
               query=StatsQuery, responses={200: StatsResponse, **E400}),
         Route("GET", "/api/v1/forum/debug", debug, "Pipeline snapshot incl. real Redis stream keys", "debug",
-              query=DebugQuery, responses={200: DebugResponse, **E400}),
+              query=DebugQuery, responses={200: DebugResponse, **E400}, access=Access.OPERATOR),
         Route("POST", "/api/v1/forum/rebuild", rebuild, "Rebuild projections from the event log", "forum",
               body=RebuildRequest, responses={200: RebuildResponse, **E400, **E503}),
         Route("POST", "/api/v1/forum/parked/{message_id}/replay", replay_parked, "Replay a parked entry", "forum",

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from metawsm import __version__
-from metawsm.api.registry import RouteTable
+from metawsm.api.registry import Access, RouteTable
 from metawsm.forum.projections.registry import PROJECTION_NAMES
 
 REF = "#/components/schemas/{name}"
@@ -76,6 +76,18 @@ def build_openapi(table: RouteTable) -> bytes:
             responses.setdefault(413, None)
         if route.path.startswith("/api/") and (route.query or route.body):
             responses.setdefault(400, None)
+        access = route.effective_access
+        if access is Access.PUBLIC:
+            operation["security"] = []  # no token; the Host/Origin checks still apply (403)
+        else:
+            responses.setdefault(401, None)
+            if access is Access.AGENT:
+                operation["x-metawsm-access"] = "operator or agent (an agent acts only for itself)"
+            else:
+                operation["x-metawsm-access"] = "operator"
+        responses.setdefault(403, None)
+        if route.method != "GET":
+            responses.setdefault(415, None)
         for status, kind in sorted(responses.items()):
             operation["responses"][str(status)] = _response(status, kind, schema_of)
         paths.setdefault(path, {})[route.method.lower()] = operation
@@ -92,14 +104,22 @@ def build_openapi(table: RouteTable) -> bytes:
         },
         "servers": [{"url": "http://127.0.0.1:3001"}],
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": {
+            "token": {"type": "http", "scheme": "bearer",
+                      "description": "The operator token (.metawsm/token next to the database) or an agent's "
+                                     "token (METAWSM_TOKEN in its session). The web UI uses a session cookie."},
+        }},
+        "security": [{"token": []}],
     }
     return msgspec.json.encode(document)
 
 
 def _response(status: int, kind: Any, schema_of: dict[Any, Any]) -> dict[str, Any]:
     descriptions = {101: "Switching to the WebSocket protocol", 200: "OK", 202: "Accepted: durable, applies later",
-                    400: "Bad request", 404: "Not found", 409: "Conflict", 413: "Body too large (over 1 MiB)",
+                    400: "Bad request", 401: "No token, or a token that is not valid",
+                    403: "Refused: foreign Host or Origin, or not allowed for this token", 404: "Not found",
+                    409: "Conflict", 413: "Body too large (over 1 MiB)",
+                    415: "Writes need Content-Type: application/json",
                     503: "Unavailable (the pipeline cannot take the request right now)"}
     entry: dict[str, Any] = {"description": descriptions.get(status, "Response")}
     if isinstance(kind, type):

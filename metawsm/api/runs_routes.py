@@ -9,7 +9,7 @@ from metawsm.api.codec import json_response, parse_query, read_body
 from metawsm.api.context import context
 from metawsm.api.errors import ApiError, ErrorResponse
 from metawsm.api.registry import Route
-from metawsm.api.schemas import ActorsResponse
+from metawsm.api.schemas import ActorsResponse, RunViewResponse, RunViewsResponse
 from metawsm.runs.model import RunActionRequest, RunRequest, RunResponse, RunsResponse, RunStatus
 
 RUN_ACTIONS = ("stop", "resume", "restart", "close", "cleanup")
@@ -76,14 +76,14 @@ def routes() -> list[Route]:
     errors = {400: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse, 503: ErrorResponse}
     return [
         Route("GET", "/api/v1/runs", list_runs, "Run snapshots, newest first", "runs", query=RunsQuery,
-              responses={200: RunsResponse, 400: ErrorResponse}),
+              responses={200: RunViewsResponse, 400: ErrorResponse}),
         Route("POST", "/api/v1/runs", start_run, "Start a run or a bootstrap (or plan it with dry_run)", "runs",
-              body=RunRequest, responses={200: RunResponse, **errors}),
+              body=RunRequest, responses={200: RunViewResponse, **errors}),
         Route("GET", "/api/v1/runs/{run_id}", get_run, "One run", "runs",
-              responses={200: RunResponse, 404: ErrorResponse}),
+              responses={200: RunViewResponse, 404: ErrorResponse}),
         Route("POST", "/api/v1/runs/{run_id}/{action:" + "|".join(RUN_ACTIONS) + "}", act,
               "stop, resume, restart, close or cleanup a run", "runs", body=RunActionRequest,
-              path_enums={"action": list(RUN_ACTIONS)}, responses={200: RunResponse, **errors}),
+              path_enums={"action": list(RUN_ACTIONS)}, responses={200: RunViewResponse, **errors}),
         Route("GET", "/api/v1/runs/{run_id}/actors", run_actors, "The run's actor subtree", "runs",
               responses={200: ActorsResponse, 404: ErrorResponse}),
     ]

@@ -20,6 +20,8 @@ from metawsm.forum.views import (
     StatsRow,
     ThreadView,
 )
+from metawsm.runs.model import RunSnapshot
+from metawsm.runs.snapshot import AgentStatus
 
 NonBlank = Annotated[str, msgspec.Meta(min_length=1, pattern=r"\S", description="Required; not blank.")]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=500, description="Page size (1..500).")]
@@ -196,6 +198,23 @@ class ReplayResponse(msgspec.Struct, kw_only=True):
 
 class ActorsResponse(msgspec.Struct, kw_only=True):
     actors: ActorNode
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+
+class RunView(RunSnapshot, kw_only=True, omit_defaults=True):
+    """A run as the API sends it: its agents also say their ticket and how to attach to them."""
+
+    agents: list[AgentStatus]
+
+
+class RunViewResponse(msgspec.Struct, kw_only=True):
+    run: RunView
+
+
+class RunViewsResponse(msgspec.Struct, kw_only=True):
+    runs: list[RunView]
 
 
 class CrashResponse(msgspec.Struct, kw_only=True):

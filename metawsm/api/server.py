@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from metawsm.actors.forum.bus import consumed_topics, open_bus
 from metawsm.api.app import build_app
 from metawsm.api.context import ApiContext
 from metawsm.api.metrics import Metrics
+from metawsm.api.security import Exposure, is_loopback
 from metawsm.api.stream import StreamHub
 from metawsm.daemon import Daemon
 from metawsm.forum.service import ForumService
@@ -41,11 +43,19 @@ class Address:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """How this machine reaches the daemon (agents get it as METAWSM_SERVER): a wildcard bind
+        is reached through loopback, a name the Host check accepts."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
 
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback(self.host)
 
-async def serve_forever(daemon: Daemon, address: Address, fault_injection: bool) -> int:
+
+async def serve_forever(daemon: Daemon, address: Address, fault_injection: bool, *, token_file: str = "",
+                        on_listening: Callable[[], None] | None = None) -> int:
     """Serve until SIGINT/SIGTERM (exit 0) or until the root supervisor gives up (non-zero)."""
     system, services = daemon.system, daemon.services
     assert system is not None and services is not None
@@ -61,7 +71,9 @@ async def serve_forever(daemon: Daemon, address: Address, fault_injection: bool)
     ctx.extra["stream_pending"] = lambda: debug_bus.pending_count(topics)
     await hub.start()
     services.sinks.add(hub)
-    app = build_app(ctx)
+    api = services.policy.api
+    exposure = Exposure.build(address.host, address.port, api.allowed_hosts, api.allowed_origins)
+    app = build_app(ctx, exposure, token_file=token_file)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
@@ -79,6 +91,8 @@ async def serve_forever(daemon: Daemon, address: Address, fault_injection: bool)
             reason = (error.strerror or str(error)).lower()
         raise StartupFailed(f"cannot listen on {address.host}:{address.port}: {reason}") from error
     log.info("serving the API on %s (fault injection %s)", address.url, "on" if fault_injection else "off")
+    if on_listening is not None:
+        on_listening()
 
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

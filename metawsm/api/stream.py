@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from metawsm.api.auth import page_key_protocol
 from metawsm.api.codec import parse_query
 from metawsm.api.context import context
 from metawsm.api.errors import ApiError, ErrorResponse
@@ -314,7 +315,9 @@ class StreamHub:
         # writer_limit: aiohttp checks for back-pressure only every writer_limit bytes (256 KiB
         # by default), so without it a stalled socket would soak up that much before its
         # sender noticed.
-        ws = web.WebSocketResponse(heartbeat=PROTOCOL_PING_SECONDS, compress=False, writer_limit=WRITE_BUFFER_HIGH)
+        offered = page_key_protocol(request)  # the UI's key, offered as a subprotocol: select it
+        ws = web.WebSocketResponse(heartbeat=PROTOCOL_PING_SECONDS, compress=False, writer_limit=WRITE_BUFFER_HIGH,
+                                   protocols=(offered,) if offered else ())
         await ws.prepare(request)
         _bound_send_buffer(request.transport)
         client = StreamClient(ws, query.ticket or None, query.run_id or None, query.limit)

@@ -12,7 +12,7 @@ from metawsm.actors.errors import ActorUnavailable
 from metawsm.api.codec import json_response
 from metawsm.api.context import context
 from metawsm.api.errors import ApiError, ErrorResponse
-from metawsm.api.registry import Route
+from metawsm.api.registry import Access, Route
 from metawsm.api.schemas import (
     ActorsResponse,
     ActorSummary,
@@ -119,14 +119,15 @@ OPENAPI: web.AppKey[bytes] = web.AppKey("metawsm_openapi", bytes)
 def routes() -> list[Route]:
     return [
         Route("GET", "/api/v1/health", health, "Liveness and pipeline health", "system",
-              responses={200: HealthResponse, 503: HealthResponse}),
+              responses={200: HealthResponse, 503: HealthResponse}, access=Access.PUBLIC),
         Route("GET", "/api/v1/debug/actors", actors, "The whole actor tree", "debug",
-              responses={200: ActorsResponse}),
+              responses={200: ActorsResponse}, access=Access.OPERATOR),
         Route("POST", "/api/v1/debug/actors/{path:.+}/crash", crash_actor,
               "Fault injection: crash an actor (only with serve --debug)", "debug",
               responses={200: CrashResponse, 404: ErrorResponse}),
         Route("GET", "/api/v1/openapi.json", openapi, "This document", "system", responses={200: "application/json"}),
-        Route("GET", "/metrics", metrics, "Prometheus metrics", "system", responses={200: "text/plain"}),
+        Route("GET", "/metrics", metrics, "Prometheus metrics", "system", responses={200: "text/plain"},
+              access=Access.OPERATOR),
     ]
 
 

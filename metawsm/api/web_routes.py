@@ -19,8 +19,9 @@ from importlib.abc import Traversable
 
 from aiohttp import web
 
+from metawsm.api.auth import AUTH, SESSION_COOKIE
 from metawsm.api.errors import ApiError
-from metawsm.api.registry import Route
+from metawsm.api.registry import Access, Route
 
 ASSET_PREFIX = "/ui/"
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
@@ -66,8 +67,32 @@ def _read(name: str) -> bytes:
 
 
 async def index(request: web.Request) -> web.Response:
+    if "token" in request.query:
+        return _login(request, request.query["token"])
     body = _read("index.html")
     return web.Response(body=body, headers=_headers(request, CONTENT_TYPES[".html"]))
+
+
+def _login(request: web.Request, token: str) -> web.Response:
+    """The login link (``/?token=…``): trade the operator token for the UI session, then send
+    the browser to ``/`` so the token leaves the address bar (and the history entry).
+
+    The session is the cookie plus the page key, which travels in the redirect's fragment: a
+    fragment never goes to a server, and the page moves it into its own origin's storage at once
+    (``web/session.js``)."""
+    tokens = request.app[AUTH].tokens
+    if tokens is None:  # --no-auth: nothing to log in to
+        return web.Response(status=303, headers={"Location": "/"})
+    who = tokens.identify(token.strip())
+    if who is None or who.is_agent:
+        raise ApiError(401, "unauthorized", "this login link is not valid (the token was rotated?); "
+                                            "run `metawsm ui` for a new one")
+    response = web.Response(status=303, headers={"Location": f"/#login={tokens.page_key}",
+                                                 "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+    # HttpOnly: page scripts never see it; SameSite=Strict: no other site's page can make the
+    # browser send it; Path=/: the API and the WebSocket get it too.
+    response.set_cookie(SESSION_COOKIE, tokens.session_cookie, httponly=True, samesite="Strict", path="/")
+    return response
 
 
 async def asset(request: web.Request) -> web.Response:
@@ -77,7 +102,8 @@ async def asset(request: web.Request) -> web.Response:
 
 
 def routes() -> list[Route]:
-    return [Route("GET", "/", index, "Web UI", "system", responses={200: "text/html"})]
+    return [Route("GET", "/", index, "Web UI (with ?token=…: log in and set the session cookie)", "system",
+                  responses={200: "text/html", 303: "text/plain"}, access=Access.PUBLIC)]
 
 
 def install_assets(app: web.Application) -> None:

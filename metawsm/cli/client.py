@@ -25,6 +25,12 @@ import click
 
 DEFAULT_SERVER = "http://127.0.0.1:3001"
 SERVER_ENV = "METAWSM_SERVER"
+TOKEN_ENV = "METAWSM_TOKEN"
+TOKEN_META = "metawsm.token"  # where --token leaves its value in click's context
+AUTH_INFO_PATH = "/api/v1/auth"
+# Routes that need no token: asking for one first would only cost a round trip.
+PUBLIC_PATHS = ("/api/v1/health", AUTH_INFO_PATH)
+AGENT_TOKEN_PREFIX = "mwa_"
 CONNECT_TIMEOUT = 0.4  # seconds; a local daemon accepts in well under a millisecond
 READ_TIMEOUT = 60.0  # a write waits at most the server's write budget (5 s by default)
 USER_AGENT = "metawsm-cli"
@@ -37,6 +43,12 @@ class ClientError(Exception):
 
 
 class BadServerUrl(ClientError):
+    exit_code = 2
+
+
+class NoToken(ClientError):
+    """No token was given and the daemon's token file cannot be read."""
+
     exit_code = 2
 
 
@@ -222,11 +234,55 @@ class DaemonClient:
         server: str = DEFAULT_SERVER,
         connect_timeout: float = CONNECT_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
+        token: str | None = None,
     ) -> None:
         self.address = ServerAddress.parse(server)
         self.server = self.address.display
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        # --token, then METAWSM_TOKEN; None means "ask the daemon where its token file is".
+        self._token = token if token is not None else given_token()
+
+    # -- the credential ------------------------------------------------------------------------
+
+    def token(self) -> str:
+        """The token to send ("" when the daemon runs without tokens).
+
+        Without --token or METAWSM_TOKEN, the daemon says where its operator token file is
+        (``GET /api/v1/auth``) and the file is read: the user who started the daemon needs no
+        set-up, anyone else cannot read the file.
+        """
+        if self._token is None:
+            self._token = self._discover_token()
+        return self._token
+
+    @property
+    def is_agent(self) -> bool:
+        """True when this client speaks with an agent's token (inside an agent's session)."""
+        return (self._token or "").startswith(AGENT_TOKEN_PREFIX)
+
+    def auth_headers(self) -> dict[str, str]:
+        token = self.token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _discover_token(self) -> str:
+        info = self.request("GET", AUTH_INFO_PATH, authenticate=False).data or {}
+        if info.get("auth") == "off":
+            return ""
+        path = str(info.get("token_file") or "")
+        hint = f"pass --token or set {TOKEN_ENV}"
+        if not path:
+            raise NoToken(f"metawsm serve at {self.server} needs a token and keeps it outside a file; {hint}")
+        try:
+            with open(path, encoding="utf-8") as file:
+                token = file.read().strip()
+        except OSError as error:
+            reason = (error.strerror or str(error)).lower()
+            raise NoToken(f"cannot read the token file {path} of metawsm serve at {self.server} ({reason}); "
+                          f"{hint}") from None
+        if not token:
+            raise NoToken(f"the token file {path} is empty; {hint}")
+        return token
 
     # -- verbs ---------------------------------------------------------------------------------
 
@@ -248,16 +304,20 @@ class DaemonClient:
 
     def request(
         self, method: str, target: str, body: Any = None, ok: tuple[int, ...] = (200,),
-        read_timeout: float | None = None,
+        read_timeout: float | None = None, authenticate: bool | None = None,
     ) -> Response:
         payload = None if body is None else json.dumps(body).encode("utf-8")
-        status, raw = self._exchange(method, self.address.base_path + target, payload, read_timeout)
+        if authenticate is None:
+            authenticate = target.partition("?")[0] not in PUBLIC_PATHS
+        headers = self.auth_headers() if authenticate else {}
+        status, raw = self._exchange(method, self.address.base_path + target, payload, read_timeout, headers)
         data = _decode(raw)
         if status not in ok:
             raise _failure(status, data, raw)
         return Response(status, raw, data)
 
-    def _exchange(self, method: str, target: str, payload: bytes | None, read_timeout: float | None) -> tuple[int, bytes]:
+    def _exchange(self, method: str, target: str, payload: bytes | None, read_timeout: float | None,
+                  headers: dict[str, str]) -> tuple[int, bytes]:
         """One request on a fresh connection (``Connection: close``), no retry.
 
         A raw HTTP/1.1 exchange rather than ``http.client``: that module (with ``email`` and
@@ -270,6 +330,7 @@ class DaemonClient:
         host_header = host if address.port == default_port else f"{host}:{address.port}"
         head = [f"{method} {target} HTTP/1.1", f"Host: {host_header}", f"User-Agent: {USER_AGENT}",
                 "Accept: application/json", "Connection: close"]
+        head += [f"{name}: {value}" for name, value in headers.items()]
         if payload is not None:
             head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (payload or b"")
@@ -317,8 +378,33 @@ def _failure(status: int, data: Any, raw: bytes) -> ApiFailure:
 F = Callable[..., Any]
 
 
+def given_token() -> str | None:
+    """The token from ``--token`` (this command's), else ``METAWSM_TOKEN``, else None."""
+    ctx = click.get_current_context(silent=True)
+    token = ctx.meta.get(TOKEN_META) if ctx is not None else None
+    if token:
+        return str(token)
+    return os.environ.get(TOKEN_ENV, "").strip() or None
+
+
+def _remember_token(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[TOKEN_META] = value.strip()
+
+
 def server_option(function: F) -> F:
-    """``--server URL`` (default http://127.0.0.1:3001, env METAWSM_SERVER)."""
+    """``--server URL`` (default http://127.0.0.1:3001, env METAWSM_SERVER) and ``--token``.
+
+    ``--token`` is not passed to the command: :class:`DaemonClient` picks it up, so no command
+    has to thread it through.
+    """
+    function = click.option(
+        "--token",
+        expose_value=False,
+        callback=_remember_token,
+        metavar="TOKEN",
+        help=f"API token (default: ${TOKEN_ENV}, else the daemon's token file).",
+    )(function)
     return click.option(
         "--server",
         envvar=SERVER_ENV,

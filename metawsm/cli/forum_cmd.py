@@ -16,9 +16,11 @@ from typing import Any
 import click
 
 from metawsm.cli.client import (
+    AGENT_TOKEN_PREFIX,
     DaemonClient,
     Response,
     fail,
+    given_token,
     json_option,
     path_segment,
     print_json,
@@ -85,10 +87,25 @@ def _filters(ticket: str | None, run_id: str | None, state: str | None, priority
 
 
 def _actor(actor_type: str, actor_name: str) -> dict[str, Any]:
-    body: dict[str, Any] = {"actor_type": actor_type}
-    if actor_name:
+    """The actor fields of a write.  Inside an agent's session (an agent token), the defaults are
+    left out: the daemon records the agent itself, so the documented commands need no flags."""
+    given = _given_flags("actor_type", "actor_name") if _speaking_as_agent() else {"actor_type", "actor_name"}
+    body: dict[str, Any] = {}
+    if "actor_type" in given:
+        body["actor_type"] = actor_type
+    if actor_name and "actor_name" in given:
         body["actor_name"] = actor_name
     return body
+
+
+def _speaking_as_agent() -> bool:
+    return (given_token() or "").startswith(AGENT_TOKEN_PREFIX)
+
+
+def _given_flags(*names: str) -> set[str]:
+    """Which of ``names`` the user typed (not click's defaults)."""
+    ctx = click.get_current_context()
+    return {name for name in names if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
 
 
 def _printer() -> Any:

@@ -1,4 +1,4 @@
-"""Run commands: run, bootstrap, status, resume, stop, restart, close, cleanup, debug actors.
+"""Run commands: run, bootstrap, status, attach, resume, stop, restart, close, cleanup, debug actors.
 
 All of them go through the daemon, which hosts the Run and TmuxAgent actors; this module
 only builds requests and prints answers.  A run is selected with ``--run-id`` or, with
@@ -8,14 +8,16 @@ only builds requests and prints answers.  A run is selected with ``--run-id`` or
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from metawsm.cli.client import DaemonClient, ApiFailure, fail, json_option, path_segment, print_json, reports_errors, server_option
 from metawsm.cli.main import cli
+from metawsm.runs.attach import attach_argv, inside_server, switch_argv
 
 F = Callable[..., Any]
 API = "/api/v1/runs"
@@ -78,6 +80,9 @@ def print_run(snapshot: dict[str, Any]) -> None:
                 a.get("session", ""), a.get("workspace_path", ""),
             ])
         p.table(("AGENT", "WORKSPACE", "STATUS", "HEALTH", "ACTIVITY", "RESTARTS", "SESSION", "PATH"), rows)
+        for a in agents:
+            if a.get("attach_command"):
+                p.line(f"attach: {a['attach_command']}")
     if snapshot.get("mode") == "bootstrap" and agents and not snapshot.get("dry_run"):
         p.line()
         p.table(("AGENT", "COMPLETION", "VALIDATION", "DONE CRITERIA"),
@@ -196,6 +201,73 @@ def status(run_id: str, ticket: str, server: str, as_json: bool) -> None:
         print_json(response)
         return
     print_run(response.data["run"])
+
+
+def choose_agent(snapshot: dict[str, Any], ticket: str, agent: str) -> dict[str, Any]:
+    """The one agent of the run that ``--ticket``/``--agent`` designate; exit 2 when not exactly one."""
+    run_id, tickets = snapshot["run_id"], snapshot.get("tickets", [])
+    agents = snapshot.get("agents", [])
+    if ticket and ticket not in tickets:
+        fail(f'run {run_id} has no ticket "{ticket}"; its tickets: {", ".join(tickets)}', 2)
+    if ticket and len(tickets) > 1:  # one session per agent and ticket
+        agents = [a for a in agents if a.get("ticket") == ticket]
+    names = list(dict.fromkeys(a["name"] for a in agents))
+    if agent:
+        if agent not in names:
+            fail(f'run {run_id} has no agent "{agent}"; its agents: {", ".join(names) or "none"}', 2)
+        agents = [a for a in agents if a["name"] == agent]
+    elif len(names) > 1:
+        fail(f"run {run_id} has {len(names)} agents ({', '.join(names)}); choose one with --agent", 2)
+    if not agents:
+        fail(f"run {run_id} has no agents", 2)
+    if len(agents) > 1:
+        on = ", ".join(a.get("ticket") or a.get("workspace", "") for a in agents)
+        fail(f'agent "{agents[0]["name"]}" of run {run_id} works on several tickets ({on}); choose one with --ticket',
+             2)
+    return agents[0]
+
+
+def _exec(argv: list[str]) -> NoReturn:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as error:
+        fail(f"cannot run {argv[0]}: {error.strerror or error}; is tmux installed?", 1)
+
+
+@cli.command("attach")
+@select_options
+@click.option("--agent", default="", help="The agent (needed when the run has several).")
+@server_option
+@reports_errors
+def attach(run_id: str, ticket: str, agent: str, server: str) -> None:
+    """Attach this terminal to an agent's tmux session.
+
+    On a terminal this becomes `tmux attach-session` (or `switch-client` when already inside a
+    session of the agents' tmux server); otherwise it prints that command.
+    """
+    client = DaemonClient(server)
+    run_id = resolve_run_id(client, run_id, ticket)
+    chosen = choose_agent(client.get(f"{API}/{path_segment(run_id)}").data["run"], ticket, agent)
+    if not chosen.get("attach_command"):
+        fail(f'agent "{chosen["name"]}" of run {run_id} has no tmux session (status {chosen.get("status", "")}); '
+             "resume or restart the run first", 1)
+    socket, session = chosen["socket"], chosen["session"]
+    argv = attach_argv(socket, session)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        click.echo(shlex.join(argv))
+        return
+    if os.environ.get("TMUX"):
+        if inside_server(socket):
+            _exec(switch_argv(socket, session))
+        # Attaching from a pane of another tmux server would nest one tmux in another (two
+        # status bars, the same prefix key for both): say how instead of doing it.
+        click.echo(shlex.join(argv))
+        click.echo("note: this terminal is inside another tmux; run the command above outside it "
+                   "(or prefix it with TMUX= to nest)", err=True)
+        return
+    _exec(argv)
 
 
 def _action(action: str, run_id: str, ticket: str, server: str, as_json: bool, body: dict[str, Any]) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -41,6 +43,30 @@ class _MalformedRequestFilter(logging.Filter):
         return True
 
 
+def _operator_token(db_path: str) -> tuple[str, Path | None]:
+    """``METAWSM_TOKEN`` when set (no file), else the token file next to the database (created
+    on first start)."""
+    from metawsm.auth.token_file import TOKEN_ENV, load_or_create, token_file_for
+
+    given = os.environ.get(TOKEN_ENV, "").strip()
+    if given:
+        return given, None
+    path = token_file_for(db_path)
+    token, created = load_or_create(path)
+    if created:
+        logging.getLogger("metawsm.serve").info("created the operator token file %s (mode 600)", path)
+    return token, path
+
+
+def _announce_login(url: str, token: str, no_auth: bool) -> None:
+    """The UI's login link: the one place a token is ever printed (once, at start)."""
+    if no_auth:
+        click.echo(f"web UI: {url}/ (no token needed: --no-auth)")
+    else:
+        click.echo(f"web UI login link (keep it private; `metawsm ui` prints it again): {url}/?token={token}")
+    sys.stdout.flush()
+
+
 @cli.command("serve")
 @click.option("--addr", default="127.0.0.1:3001", show_default=True, help="HOST:PORT to listen on (:PORT = loopback).")
 @click.option("--db", "db_path", default=DEFAULT_DB_PATH, show_default=True, help="SQLite database file.")
@@ -48,8 +74,10 @@ class _MalformedRequestFilter(logging.Filter):
               help="Policy file (built-in defaults when absent).")
 @click.option("--redis-url", default=None, metavar="URL",
               help="Redis to use (overrides METAWSM_REDIS_URL and forum.redis.url); it must answer.")
+@click.option("--no-auth", is_flag=True,
+              help="Accept requests without a token (loopback addresses only; Host/Origin checks stay on).")
 @click.option("--debug", is_flag=True, help="Enable fault injection and verbose actor logs.")
-def serve(addr: str, db_path: str, policy_path: str, redis_url: str | None, debug: bool) -> None:
+def serve(addr: str, db_path: str, policy_path: str, redis_url: str | None, no_auth: bool, debug: bool) -> None:
     """Run the daemon: the actor system, the HTTP API and the WebSocket stream.
 
     Stop it with Ctrl-C (SIGINT) or SIGTERM.
@@ -57,12 +85,13 @@ def serve(addr: str, db_path: str, policy_path: str, redis_url: str | None, debu
     import asyncio
 
     from metawsm.api.server import Address, StartupFailed, serve_forever
+    from metawsm.auth.token_file import TokenFileError
     from metawsm.daemon import Daemon, StartupError, redis_setting
-    from metawsm.policy import PolicyError, load_policy
+    from metawsm.policy import PolicyError, read_policy_file
 
     _configure_logging(debug)
     try:
-        policy = load_policy(policy_path)
+        loaded = read_policy_file(policy_path)
     except PolicyError as error:
         message = str(error)
         if message == EMPTY_URL_RULE:
@@ -70,6 +99,9 @@ def serve(addr: str, db_path: str, policy_path: str, redis_url: str | None, debu
             message = f"forum redis url is empty ({EMPTY_URL_RULE} in {policy_path}); set forum.redis.url"
         click.echo(f"error: {message}", err=True)
         sys.exit(2)
+    policy = loaded.policy
+    for warning in loaded.warnings:  # fields of the Go version that do nothing here, each once
+        logging.getLogger("metawsm.policy").warning("%s", warning)
     try:
         address = Address.parse(addr)
     except ValueError as error:
@@ -79,14 +111,31 @@ def serve(addr: str, db_path: str, policy_path: str, redis_url: str | None, debu
     except ValueError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
-    daemon = Daemon(policy, db_path, debug=debug, policy_path=policy_path, server_url=address.url, redis=redis)
+    if no_auth and not address.is_loopback:
+        click.echo(f"error: --no-auth is only allowed on a loopback address, not {addr}", err=True)
+        sys.exit(2)
+    try:
+        operator_token, token_path = _operator_token(db_path)
+    except TokenFileError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    if not address.is_loopback:
+        logging.getLogger("metawsm.serve").warning(
+            "serving on %s:%d, which other machines can reach: every request needs a token; "
+            "list the names clients use in api.allowed_hosts", address.host, address.port)
+    daemon = Daemon(policy, db_path, debug=debug, policy_path=policy_path, server_url=address.url, redis=redis,
+                    operator_token=operator_token, auth_enabled=not no_auth)
     try:
         daemon.start()
     except StartupError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
+    if daemon.services is not None:
+        daemon.services.policy_watch.note_startup(loaded)  # so a reload does not warn about them again
     try:
-        code = asyncio.run(serve_forever(daemon, address, debug or policy.debug.fault_injection))
+        code = asyncio.run(serve_forever(daemon, address, debug or policy.debug.fault_injection,
+                                         token_file=str(token_path or ""),
+                                         on_listening=lambda: _announce_login(address.url, operator_token, no_auth)))
     except StartupFailed as error:
         daemon.stop()
         click.echo(f"error: {error}", err=True)

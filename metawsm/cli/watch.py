@@ -57,6 +57,8 @@ class Follower:
         self.as_json = as_json
         self.connected_once = False
         self.out = sys.stdout
+        self.client = DaemonClient(server)  # made here, inside the click command, so it sees --token
+        self._headers: dict[str, str] | None = None
 
     def query(self) -> dict[str, Any]:
         return {"ticket": self.ticket, "run_id": self.run_id, "cursor": self.resume}
@@ -85,9 +87,16 @@ class Follower:
 
     async def _session(self, session: aiohttp.ClientSession) -> bool:
         """One connection; returns True when it delivered at least one frame."""
+        if self._headers is None:
+            try:
+                self._headers = self.client.auth_headers()  # once: a blocking round trip at most
+            except DaemonUnreachable as error:
+                self._unreachable_first(error.reason)
+                raise _Lost from None
         try:
             ws = await asyncio.wait_for(
-                session.ws_connect(self.url(), heartbeat=CLIENT_PING_SECONDS, autoping=True, max_msg_size=0,
+                session.ws_connect(self.url(), headers=self._headers, heartbeat=CLIENT_PING_SECONDS, autoping=True,
+                                   max_msg_size=0,
                                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)),
                 HANDSHAKE_TIMEOUT,
             )
@@ -121,7 +130,7 @@ class Follower:
     def _handshake_refusal(self, status: int) -> ClientError:
         """aiohttp hides the error body; ask again without the upgrade to get the server's message."""
         try:
-            DaemonClient(self.server).get(STREAM_PATH, self.query())
+            self.client.get(STREAM_PATH, self.query())
         except ApiFailure as error:
             if error.code != "websocket_required":  # the query was fine: keep the handshake's status
                 return error

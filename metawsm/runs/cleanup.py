@@ -30,12 +30,14 @@ def cleanup_run(conn: Any, run: store.RunRow, *, services: Any, keep_workspaces:
     for session in sessions:
         tmux.kill_session(session)
     if not keep_workspaces:
-        provider = workspace_provider_for(spec, services.policy)
+        provider = workspace_provider_for(spec, spec.policy_or(services.policy))
         for workspace in workspaces:
             provider.delete(workspace, spec.repos)
     for agent in agents:
         store.update_agent(conn, run.run_id, agent.agent_name, agent.workspace, status="cleaned", health="",
                            pane_pid=None)
+    if services.tokens is not None:
+        services.tokens.revoke_run(run.run_id)  # its agents are gone: so are their tokens
     store.record_event(conn, run.run_id, "cleanup", run.status, run.status,
                        f"removed {len(sessions)} session(s)" + ("" if keep_workspaces else f" and {len(workspaces)} workspace(s)"))
     log.info("run %s cleaned up (%d sessions, workspaces %s)", run.run_id, len(sessions),

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from metawsm.actors.errors import Refusal
+from metawsm.policy import Policy
 
 
 class RunStatus(str, enum.Enum):
@@ -127,6 +128,15 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     docs_provider: str
     tmux_socket: str
     session_pattern: str
+    # The policy the run was planned with, kept for its whole life (health thresholds, restart
+    # budget, step retries), so editing the file only changes later runs. The Redis password is
+    # masked: a run never reads the forum section, the daemon's own applies. None in runs
+    # stored before the policy was kept.
+    policy: Policy | None = None
+
+    def policy_or(self, daemon_policy: Policy) -> Policy:
+        """The run's own policy; the daemon's for a run stored without one."""
+        return self.policy if self.policy is not None else daemon_policy
 
 
 # -- requests -----------------------------------------------------------------------------------

@@ -15,14 +15,18 @@ from pathlib import Path
 
 from metawsm import ids
 from metawsm.clock import now_text
-from metawsm.policy import AgentProfile, Policy
+from metawsm.defaults import DEFAULT_DB_PATH
+from metawsm.policy import AgentProfile, Policy, redacted_policy
 from metawsm.runs.model import BRIEF_FIELDS, AgentSpec, Brief, RunError, RunRequest, RunSpec
+from metawsm.runs.sockets import tmux_socket_for
 
 STEP_VERIFY = "verify_ticket"
 STEP_WORKSPACE = "provision_workspace"
 STEP_DOCS = "seed_docs"
 STEP_RUN_FILE = "write_run_file"
 STEP_AGENT = "start_agent"
+
+FULL_AUTO = "--full-auto"  # codex runs without asking for approval (runner_options.full_auto)
 
 _SAFE = re.compile(r"[^a-z0-9]+")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -97,7 +101,9 @@ def resolve_command(profile: AgentProfile, prompt_file: str, prompt: str) -> lis
     elif profile.runner == "codex":
         if shutil.which("codex") is None:
             raise RunError(f'agent profile "{profile.name}" uses the codex runner but codex is not installed')
-        argv = shlex.split(command) if command else ["codex", prompt]
+        argv = (shlex.split(command) if isinstance(command, str) else list(command)) if command else ["codex", prompt]
+        if profile.runner_options.full_auto and argv and FULL_AUTO not in argv:
+            argv.insert(1, FULL_AUTO)  # an option of codex itself, so right after the program
     else:
         raise RunError(f'agent profile "{profile.name}" has unsupported runner "{profile.runner}"')
     if not argv:
@@ -105,7 +111,8 @@ def resolve_command(profile: AgentProfile, prompt_file: str, prompt: str) -> lis
     return argv
 
 
-def plan_run(request: RunRequest, policy: Policy, *, policy_path: str, server_url: str, base_dir: Path) -> Plan:
+def plan_run(request: RunRequest, policy: Policy, *, policy_path: str, server_url: str, base_dir: Path,
+             db_path: Path | None = None) -> Plan:
     mode = request.mode
     if mode not in ("run", "bootstrap"):
         raise RunError(f'invalid mode "{mode}": must be run or bootstrap')
@@ -156,8 +163,9 @@ def plan_run(request: RunRequest, policy: Policy, *, policy_path: str, server_ur
         workspace_root=str(root),
         workspace_provider=policy.workspace.provider,
         docs_provider=policy.docs.provider,
-        tmux_socket=policy.tmux.socket,
+        tmux_socket=tmux_socket_for(policy.tmux.socket, db_path or base_dir / DEFAULT_DB_PATH),
         session_pattern=policy.tmux.session_pattern,
+        policy=redacted_policy(policy),
     )
     from metawsm.runs.tmux import session_name
 

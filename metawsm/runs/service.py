@@ -24,7 +24,6 @@ class RunsService:
     def __init__(self, system: ActorSystem, services: Services) -> None:
         self.system = system
         self.services = services
-        self.restart_budget = services.policy.operator.restart_budget
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="runs-read")
 
@@ -40,12 +39,17 @@ class RunsService:
     async def read(self, query: Callable[[Any], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._read, query)
 
+    def _snapshot(self, conn: Any, run_id: str) -> RunSnapshot:
+        # Restarts left count against the budget of the policy the run was planned with.
+        budget = store.load_run(conn, run_id).spec.policy_or(self.services.policy).operator.restart_budget
+        return build_snapshot(conn, run_id, budget)
+
     async def snapshot(self, run_id: str) -> RunSnapshot:
-        return await self.read(lambda conn: build_snapshot(conn, run_id, self.restart_budget))
+        return await self.read(lambda conn: self._snapshot(conn, run_id))
 
     async def list(self, ticket: str | None = None, status: str | None = None) -> list[RunSnapshot]:
         def query(conn: Any) -> list[RunSnapshot]:
-            return [build_snapshot(conn, run_id, self.restart_budget) for run_id in store.list_run_ids(conn, ticket, status)]
+            return [self._snapshot(conn, run_id) for run_id in store.list_run_ids(conn, ticket, status)]
 
         return await self.read(query)
 

@@ -8,8 +8,16 @@ from datetime import datetime, timezone
 
 from metawsm.clock import parse_time
 from metawsm.runs import store
+from metawsm.runs.attach import ATTACHABLE_STATUSES, attach_command
 from metawsm.runs.model import AgentView, ForumCounts, PendingGuidance, RunSnapshot, StepView
-from metawsm.runs.planner import Plan
+from metawsm.runs.planner import Plan, workspace_name
+
+
+class AgentStatus(AgentView, kw_only=True, omit_defaults=True):
+    """An agent as the API shows it: AgentView plus where an operator finds its session."""
+
+    ticket: str = ""  # the ticket of its workspace (a run with several tickets has one per ticket)
+    attach_command: str = ""  # the tmux command that attaches to its session, while it has one
 
 
 class ControlRow:
@@ -49,15 +57,24 @@ def _age(at: str | None) -> float | None:
         return None
 
 
+def _attach_command(row: store.AgentRow) -> str:
+    """The attach command while the agent's session should exist, else ""."""
+    has_session = row.status in ATTACHABLE_STATUSES or row.health == "stopped"  # a clean exit keeps its pane
+    if not (row.session_name and row.tmux_socket and has_session):
+        return ""
+    return attach_command(row.tmux_socket, row.session_name)
+
+
 def build_snapshot(conn: sqlite3.Connection, run_id: str, restart_budget: int) -> RunSnapshot:
     run = store.load_run(conn, run_id)
     spec = run.spec
     controls = control_rows(conn, run_id)
-    agents = []
+    tickets = {workspace_name(ticket, run_id): ticket for ticket in spec.tickets}
+    agents: list[AgentView] = []
     for row in store.agents(conn, run_id):
         control = controls.get(row.agent_name)
         agents.append(
-            AgentView(
+            AgentStatus(
                 name=row.agent_name,
                 workspace=row.workspace,
                 session=row.session_name,
@@ -75,6 +92,8 @@ def build_snapshot(conn: sqlite3.Connection, run_id: str, restart_budget: int) -
                 completion_summary=control.summary if control else "",
                 validation_status=control.validation_status if control else "",
                 validation_done_criteria=control.done_criteria if control else "",
+                ticket=tickets.get(row.workspace, ""),
+                attach_command=_attach_command(row),
             )
         )
     pending = [
@@ -117,6 +136,7 @@ def build_snapshot(conn: sqlite3.Connection, run_id: str, restart_budget: int) -
 def plan_snapshot(plan: Plan) -> RunSnapshot:
     """What a dry run prints: the steps and agents it would create, nothing stored."""
     spec = plan.spec
+    tickets = {workspace_name(ticket, spec.run_id): ticket for ticket in spec.tickets}
     return RunSnapshot(
         run_id=spec.run_id,
         mode=spec.mode,
@@ -126,9 +146,10 @@ def plan_snapshot(plan: Plan) -> RunSnapshot:
         created_at=spec.created_at,
         updated_at=spec.created_at,
         dry_run=True,
-        agents=[AgentView(name=s.agent, workspace=s.workspace, session=s.session, socket=spec.tmux_socket,
-                          workspace_path=s.workspace_path, status="planned", restarts_used=0,
-                          completion_signalled=False) for s in plan.slots],
+        agents=[AgentStatus(name=s.agent, workspace=s.workspace, session=s.session, socket=spec.tmux_socket,
+                            workspace_path=s.workspace_path, status="planned", restarts_used=0,
+                            completion_signalled=False, ticket=tickets.get(s.workspace, ""))
+                for s in plan.slots],
         pending_guidance=[],
         steps=[StepView(ordinal=i, ticket=t, name=n, status="planned") for i, (t, n) in enumerate(plan.steps, 1)],
         brief=plan.brief,

@@ -15,6 +15,9 @@ Rules every method follows:
 * Agent argv: with two or more elements tmux execs the program directly (no shell at all);
   a single element is a shell command line that tmux runs through its default shell
   (``/bin/sh -c`` unless ``$SHELL`` says otherwise) — pass ``["sh", "-c", "..."]`` to be explicit.
+* PATH: tmux gives a new pane the PATH of the client that asked for it, overriding a
+  ``-e PATH=...``. So when ``env`` has a PATH, the tmux client for ``new-session`` and
+  ``respawn-pane`` runs with that PATH; the pane then gets it, and the program is found on it.
 
 Two tmux parsing quirks are neutralised here so that any string reaches the agent verbatim:
 an argument ending in ``;`` would be read as a command separator (it is escaped as ``\\;``),
@@ -155,6 +158,10 @@ def _env_args(env: Mapping[str, str] | None) -> list[str]:
     return args
 
 
+def _path_of(env: Mapping[str, str] | None) -> str | None:
+    return (env or {}).get("PATH")
+
+
 def _pipe_command(log_path: str | os.PathLike[str]) -> str:
     # pipe-pane takes a shell command by nature; the path is shell-quoted, then format-escaped.
     return _fmt(f"cat >> {shlex.quote(os.fspath(log_path))}")
@@ -218,9 +225,12 @@ class Tmux:
             argv += list(command)
         return argv
 
-    def _exec(self, *commands: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    def _exec(self, *commands: Sequence[str], path: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run one tmux client; ``path``, when given, is its PATH (which a pane it spawns inherits)."""
         argv = self._argv(commands)
         env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
+        if path is not None:
+            env["PATH"] = path
         try:
             for _ in range(3):
                 result = subprocess.run(argv, capture_output=True, text=True,
@@ -244,8 +254,8 @@ class Tmux:
         return TmuxError(f"tmux -L {self.socket} {what} failed: {detail}",
                          command=list(result.args), returncode=result.returncode, stderr=stderr)
 
-    def _run(self, what: str, *commands: Sequence[str]) -> str:
-        result = self._exec(*commands)
+    def _run(self, what: str, *commands: Sequence[str], path: str | None = None) -> str:
+        result = self._exec(*commands, path=path)
         if result.returncode != 0:
             raise self._fail(result, what)
         return result.stdout
@@ -363,7 +373,7 @@ class Tmux:
                 ["pipe-pane", "-o", "-t", target, _pipe_command(log)],
             ]
         commands.append(["display-message", "-p", "-t", target, _PANE_FORMAT])
-        return _parse_pane(name, self._run(f"new-session {name}", *commands)).info
+        return _parse_pane(name, self._run(f"new-session {name}", *commands, path=_path_of(env))).info
 
     def respawn(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
                 workdir: str | os.PathLike[str] | None = None,
@@ -384,12 +394,16 @@ class Tmux:
         if workdir is not None:
             command += ["-c", _fmt(str(workdir))]
         command += [*_env_args(env), "--", *(_arg(a) for a in argv)]
-        commands: list[list[str]] = [["has-session", "-t", f"={name}"], command]
+        commands: list[list[str]] = [["has-session", "-t", f"={name}"]]
+        # ``-e`` reaches only the new process: the session's own environment (what a window opened
+        # later, or ``show-environment``, sees) is updated too, or it would keep e.g. a revoked token.
+        commands += [["set-environment", "-t", f"={name}", _arg(key), _arg(value)] for key, value in (env or {}).items()]
+        commands.append(command)
         if log_path:
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)
             commands.append(["pipe-pane", "-t", target, _pipe_command(log_path)])
         commands.append(["display-message", "-p", "-t", target, _PANE_FORMAT])
-        return _parse_pane(name, self._run(f"respawn-pane {name}", *commands)).info
+        return _parse_pane(name, self._run(f"respawn-pane {name}", *commands, path=_path_of(env))).info
 
     def _log_option(self, name: str) -> str | None:
         result = self._exec(["show-options", "-v", "-t", f"={name}:", LOG_OPTION])

@@ -1,7 +1,7 @@
 """SQLite store: connections, transactions, schema and migrations.
 
 The rest of the program reaches the database only through this package, so the storage
-engine can change (PostgreSQL, per spec/architecture.md) without touching the actors.
+engine can change (to PostgreSQL, say) without touching the actors.
 Importing it is cheap: sqlite-utils is loaded only when a migration actually runs.
 """
 

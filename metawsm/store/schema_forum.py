@@ -1,7 +1,7 @@
 """Forum tables (migration 1): write model, event log, transport, read models.
 
 Table and column names are a contract: the operator runbook runs SQL against them verbatim
-(spec/forum.md, "SQLite tables"). Times are TEXT in RFC 3339 UTC as written by
+(docs/store.md lists them). Times are TEXT in RFC 3339 UTC as written by
 ``metawsm.clock.now_text()`` (fixed width, so they sort as times). NOT NULL marks what
 always exists (ids, types, required fields, times of things that happened); columns used as
 filters (``run_id``, ``agent_name``, ``assignee_name``, ...) are NOT NULL DEFAULT ``''`` so a

@@ -1,5 +1,7 @@
 // The public HTTP API of `metawsm serve` (docs/api.md): one fetch wrapper, one error type.
 
+import { pageKey } from "./session.js";
+
 export class ApiError extends Error {
   constructor(status, code, message) {
     super(message);
@@ -18,12 +20,19 @@ export function queryString(params) {
   return text ? `?${text}` : "";
 }
 
+export const LOGIN_HINT =
+  "Not logged in: open the login link that `metawsm serve` printed, or run `metawsm ui` to get one.";
+
 /** Call the API; resolves {status, data} for 2xx, throws ApiError carrying the server's message. */
 export async function api(method, path, { query, body } = {}) {
-  const init = { method, headers: { Accept: "application/json" } };
-  if (body !== undefined) {
+  // Same-origin only: the session cookie goes along, and the daemon refuses other origins anyway.
+  const init = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+  const key = pageKey();
+  if (key) init.headers["X-Metawsm-Page-Key"] = key; // with the session cookie: the UI session
+  if (body !== undefined || method !== "GET") {
+    // The daemon takes writes only as JSON (a cross-site form or no-cors fetch cannot send that).
     init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.body = JSON.stringify(body ?? {});
   }
   let response;
   try {
@@ -36,6 +45,9 @@ export async function api(method, path, { query, body } = {}) {
     data = await response.json();
   } catch (_) {
     data = null;
+  }
+  if (response.status === 401) {
+    throw new ApiError(401, "unauthorized", LOGIN_HINT);
   }
   if (!response.ok) {
     const err = data && data.error;

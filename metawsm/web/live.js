@@ -7,6 +7,8 @@
 //   sequence already delivered is dropped (counted in duplicatesDropped). No duplicate.
 // * While disconnected the status is "disconnected" and app.js shows a banner.
 
+import { pageKey } from "./session.js";
+
 const PATH = "/api/v1/forum/stream";
 const BACKOFF_MS = [250, 500, 1000, 2000, 3000];
 const SILENCE_LIMIT_MS = 45000; // three missed 15 s heartbeats: assume the connection is dead
@@ -71,7 +73,9 @@ export class LiveStream {
     this.lastUrl = this.url();
     let ws;
     try {
-      ws = new WebSocket(this.lastUrl);
+      // A handshake cannot carry headers: the page key goes as a subprotocol the daemon selects.
+      const key = pageKey();
+      ws = new WebSocket(this.lastUrl, key ? [`metawsm.key.${key}`] : []);
     } catch (error) {
       this.lost(`cannot open the stream: ${error.message}`);
       return;

@@ -1,6 +1,7 @@
 // System: pipeline health (lag, outbox, bus, actors) and the whole actor tree with restarts,
 // mailbox depth and failures.  Re-read every two seconds while shown.
 
+import { get } from "./api.js";
 import { h, timeEl } from "./dom.js";
 
 const POLL_MS = 2000;
@@ -111,10 +112,8 @@ export function mountSystem(root, { live }) {
         h("p", { class: "error", role: "alert" }, `The daemon did not answer: ${error.message}`));
     }
     try {
-      const response = await fetch("/api/v1/debug/actors", { headers: { Accept: "application/json" } });
-      const body = await response.json();
+      const { data: body } = await get("/api/v1/debug/actors");
       if (destroyed) return;
-      if (!response.ok) throw new Error(body?.error?.message || `HTTP ${response.status}`);
       actorsBox.replaceChildren(h("h2", { id: "actors-heading" }, "Actor tree"), actorTree(body.actors));
     } catch (error) {
       if (!destroyed) actorsBox.replaceChildren(h("h2", { id: "actors-heading" }, "Actor tree"),

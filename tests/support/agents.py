@@ -1,38 +1,51 @@
 """Script agents and a run harness for the runs tests (real tmux, real git, real `metawsm serve`).
 
 A *script agent* is a bash script started by the daemon in a tmux session, exactly as a real
-agent would be: it prints, commits in its workspace and posts control signals with
-``python -m metawsm forum signal --server $METAWSM_SERVER ...`` using the ``METAWSM_*``
-variables the daemon gives every agent.  Scripts may sleep (they are the agents); the tests
-never do — they wait with :func:`metawsm.waiting.wait_until`.
+agent would be: it prints, commits in its workspace and posts control signals with the
+documented in-session command, ``metawsm forum signal --run-id "$METAWSM_RUN_ID" ...``, using
+the bare ``metawsm`` of its PATH and the ``METAWSM_*`` variables the daemon gives every agent.
+The daemon runs with a PATH that has no ``metawsm`` (like one started by full path), so every
+signal proves that the daemon's shim is on the agent's PATH.  Scripts may sleep (they are the
+agents); the tests never do — they wait with :func:`metawsm.waiting.wait_until`.
 
 :class:`RunsEnv` puts one source repository and one ``metawsm serve`` next to each other::
 
-    <tmp>/code/<repo>      the user's checkout (``--repos <repo>`` resolves: it is a sibling of
-                           the daemon's directory, and the CLI is run from inside it)
+    <tmp>/code/<repo>      the user's checkout (``--repos <repo>`` resolves through
+                           ``workspace.repo_sources``; the CLI is run from inside it)
     <tmp>/code/daemon      the daemon's cwd: .metawsm/{policy.json,metawsm.db,workspaces,logs}
 
-Its tmux server is the policy's private socket ``mw-<namespace>``; :meth:`RunsEnv.close`
-stops the daemon and kills that server.
+Its tmux server is the policy's private socket ``mw-<namespace>`` (or, with ``tmux.socket``
+``"auto"``, the name the daemon derives from its database); :meth:`RunsEnv.close` stops the
+daemon and kills that server.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import select
 import shlex
+import shutil
+import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from metawsm.runs.sockets import tmux_socket_for
 from metawsm.waiting import wait_until
 from support.daemon import ServeProcess, policy_data
+from support.http import auth_headers
 from support.processes import kill_tmux_server, require_executable
 
 PYTHON = sys.executable
@@ -88,8 +101,22 @@ import json, os, sys, time, urllib.request
 
 server, run_id, agent = os.environ["METAWSM_SERVER"], os.environ["METAWSM_RUN_ID"], os.environ["METAWSM_AGENT"]
 
+def token():
+    # The agent's own token when the daemon gives one, else the operator's file (as the CLI does).
+    if os.environ.get("METAWSM_TOKEN"):
+        return os.environ["METAWSM_TOKEN"]
+    with urllib.request.urlopen(server + "/api/v1/auth", timeout=5) as response:
+        info = json.load(response)
+    if info.get("auth") == "off":
+        return ""
+    with open(info["token_file"], encoding="utf-8") as file:
+        return file.read().strip()
+
+TOKEN = token()
+
 def get(path):
-    with urllib.request.urlopen(server + path, timeout=5) as response:
+    headers = {"Authorization": f"Bearer {TOKEN}"} if TOKEN else {}
+    with urllib.request.urlopen(urllib.request.Request(server + path, headers=headers), timeout=5) as response:
         return json.load(response)
 
 if sys.argv[1] == "wait-answer":
@@ -115,8 +142,8 @@ PY={python}
 HELPER={helper}
 say() {{ echo "[$METAWSM_AGENT] $*"; }}
 signal() {{
-  "$PY" -m metawsm forum signal --server "$METAWSM_SERVER" --run-id "$METAWSM_RUN_ID" \\
-    --ticket "$METAWSM_TICKET" --agent-name "$METAWSM_AGENT" "$@" >/dev/null
+  metawsm forum signal --run-id "$METAWSM_RUN_ID" --ticket "$METAWSM_TICKET" --agent-name "$METAWSM_AGENT" \\
+    "$@" >/dev/null
 }}
 commit() {{  # commit FILE TEXT MESSAGE
   printf '%s\\n' "$2" > "$1"
@@ -167,6 +194,17 @@ say "crashing"
 exit 3
 """
 
+# Uses the bare `metawsm` of its PATH, as the docs tell a real agent to, then asks a question
+# with the documented in-session command and stays up.
+PATH_AGENT = """
+say "metawsm is $(command -v metawsm || echo missing)"
+say "version: $(metawsm --version 2>&1)"
+metawsm forum signal --run-id "$METAWSM_RUN_ID" --ticket "$METAWSM_TICKET" --agent-name "$METAWSM_AGENT" \\
+  --type guidance_request --question "{question}"
+say "signal exit status $?"
+exec sleep 600
+"""
+
 
 def write_agent(path: Path, body: str, title: str = "agent", **values: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +250,8 @@ class RunsEnv:
     """One temp repo, one script agent and one real ``metawsm serve`` (see the module doc)."""
 
     def __init__(self, tmp_path: Path, redis_url: str, namespace: str, *, repo: str = "app",
-                 agent: str = LONG_AGENT, policy: dict[str, Any] | None = None, **agent_values: str) -> None:
+                 agent: str = LONG_AGENT, policy: dict[str, Any] | None = None,
+                 serve_env: dict[str, str] | None = None, **agent_values: str) -> None:
         require_executable("tmux")
         require_executable("git")
         self.tmp = tmp_path
@@ -223,12 +262,19 @@ class RunsEnv:
         data["agent_profiles"] = [{"name": "script", "runner": "shell",
                                    "runner_options": {"command": ["bash", str(self.script)]}}]
         data["agents"] = [{"name": "agent", "profile": "script"}]
+        # The checkout is a sibling of the daemon's directory: the operator names it as a source,
+        # or the daemon refuses to touch it (runs stay inside the daemon's directories).
+        data = _merge(data, {"workspace": {"repo_sources": {repo: str(self.repo)}}})
         data = _merge(data, policy or {})
         self.policy = data
-        self.socket = data["tmux"]["socket"]
-        self.serve = ServeProcess(tmp_path / "code" / "daemon", data)
+        # The daemon's PATH has no metawsm, as when it is started by full path; serve_env is laid
+        # over the test's environment for the daemon.
+        self.serve = ServeProcess(tmp_path / "code" / "daemon", data,
+                                  env={"PATH": path_without_metawsm(), **(serve_env or {})})
+        self.socket = tmux_socket_for(data["tmux"]["socket"], self.serve.db_path)
         self.daemon_dir = self.serve.workdir
         self.workspace_root = self.daemon_dir / ".metawsm" / "workspaces"
+        self.bin_dir = self.serve.db_path.parent / "bin"  # where the daemon keeps its metawsm shim
 
     def start(self) -> "RunsEnv":
         self.serve.start()
@@ -238,7 +284,18 @@ class RunsEnv:
         try:
             self.serve.stop()
         finally:
-            kill_tmux_server(self.socket)
+            for socket in {self.socket, *self._run_sockets()}:
+                kill_tmux_server(socket)
+
+    def _run_sockets(self) -> set[str]:
+        """The tmux servers the daemon's runs were planned on (whatever the test expected)."""
+        if not self.serve.db_path.exists():
+            return set()
+        with closing(sqlite3.connect(self.serve.db_path)) as conn:
+            try:
+                return {row[0] for row in conn.execute("SELECT DISTINCT tmux_socket FROM run_agents") if row[0]}
+            except sqlite3.Error:  # no runs table yet
+                return set()
 
     @property
     def url(self) -> str:
@@ -249,7 +306,7 @@ class RunsEnv:
     def api(self, method: str, path: str, body: Any = None, timeout: float = 60.0) -> ApiResult:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", **auth_headers(self.url)})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return ApiResult(response.status, json.load(response))
@@ -325,6 +382,115 @@ class RunsEnv:
         result = self.tmux("display-message", "-p", "-t", f"={session}:", "#{pane_pid}")
         return int(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip().isdigit() else None
 
+    def pane_log(self, session: str) -> str:
+        """Everything the session's pane printed (the daemon pipes it into its logs directory)."""
+        path = self.daemon_dir / ".metawsm" / "logs" / f"{session}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_pane_output(self, session: str, text: str, timeout: float = 20.0) -> str:
+        """The pane's output once ``text`` is in it."""
+
+        def printed() -> str:
+            log = self.pane_log(session)
+            return log if text in log else ""
+
+        try:
+            return wait_until(printed, timeout=timeout, interval=0.02, message=f"{text!r} in the pane of {session}")
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}; pane output:\n{self.pane_log(session)}") from None
+
+    def clients(self) -> list[str]:
+        """The sessions terminals are attached to on this server, one entry per client."""
+        result = self.tmux("list-clients", "-F", "#{client_session}")
+        return result.stdout.split() if result.returncode == 0 else []
+
+
+def path_without_metawsm(path: str | None = None) -> str:
+    """``path`` (default: this process's PATH) minus every directory that has a ``metawsm``.
+
+    A daemon given this PATH is like one started by full path (``.venv/bin/metawsm serve``)
+    from a shell whose PATH does not include the virtualenv.
+    """
+    entries = (path if path is not None else os.environ.get("PATH", os.defpath)).split(os.pathsep)
+    kept = [entry for entry in entries if entry and not os.access(os.path.join(entry, "metawsm"), os.X_OK)]
+    stripped = os.pathsep.join(kept)
+    assert shutil.which("metawsm", path=stripped) is None
+    return stripped
+
+
+class PtySession:
+    """A command on a pseudo-terminal (80x24): wait for what it prints, type answers."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+        master, slave = pty.openpty()
+        # tmux draws to the terminal's size; a pty starts at 0x0.
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.master = master
+        self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
+                                        close_fds=True, start_new_session=True)
+        os.close(slave)
+        self.output = b""
+        self.position = 0
+
+    def _pump(self) -> None:
+        ready, _, _ = select.select([self.master], [], [], 0.02)
+        if ready:
+            try:
+                self.output += os.read(self.master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                pass
+
+    def text(self) -> str:
+        return self.output.decode(errors="replace").replace("\r\n", "\n")
+
+    def expect(self, text: str, timeout: float = 30.0) -> None:
+        needle = text.encode()
+
+        def seen() -> bool:
+            self._pump()
+            return needle in self.output[self.position:]
+
+        wait_until(seen, timeout=timeout, interval=0.001,
+                   message=f"prompt {text!r}; terminal so far: {self.output.decode(errors='replace')!r}")
+        self.position = self.output.index(needle, self.position) + len(needle)
+
+    def wait(self, predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+        """Wait for ``predicate`` while reading the terminal (a full pty would block the program)."""
+
+        def check() -> Any:
+            self._pump()
+            return predicate()
+
+        return wait_until(check, timeout=timeout, interval=0.005,
+                          message=f"{what}; terminal so far: {self.output.decode(errors='replace')!r}")
+
+    def send(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\r")
+
+    def finish(self, timeout: float = 120.0) -> tuple[int, str]:
+        def done() -> bool:
+            self._pump()
+            return self.process.poll() is not None
+
+        wait_until(done, timeout=timeout, interval=0.01, message="the command to finish")
+        for _ in range(20):
+            before = len(self.output)
+            self._pump()
+            if len(self.output) == before:
+                break
+        os.close(self.master)
+        return self.process.returncode, self.text()
+
+    def close(self) -> None:
+        """Kill the command if it is still running (test teardown)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        try:
+            os.close(self.master)
+        except OSError:
+            pass
+
 
 def find_node(node: dict[str, Any], name: str) -> dict[str, Any] | None:
     if node.get("name") == name:
@@ -341,16 +507,20 @@ def runs_env(tmp_path: Path, redis_url: str, redis_namespace: str,
              monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., RunsEnv]]:
     """Factory: ``runs_env(agent=..., policy=..., repo=...)`` → a started :class:`RunsEnv`.
 
-    One per test (the namespace, hence the tmux socket, is the test's own); closed on teardown.
+    Each env has its own directory, daemon, Redis namespace and tmux server (the first one uses
+    the test's namespace and ``tmp_path`` as they are); all are closed on teardown.
+    ``start=False`` returns the env without starting its daemon.
     """
     hermetic_git(tmp_path, monkeypatch)
     made: list[RunsEnv] = []
 
-    def make(**kwargs: Any) -> RunsEnv:
-        assert not made, "one RunsEnv per test"
-        env = RunsEnv(tmp_path, redis_url, redis_namespace, **kwargs)
+    def make(start: bool = True, **kwargs: Any) -> RunsEnv:
+        n = len(made)
+        # Further namespaces extend the test's, so its teardown removes their Redis keys too.
+        where, namespace = (tmp_path, redis_namespace) if n == 0 else (tmp_path / f"env{n}", f"{redis_namespace}e{n}")
+        env = RunsEnv(where, redis_url, namespace, **kwargs)
         made.append(env)
-        return env.start()
+        return env.start() if start else env
 
     try:
         yield make

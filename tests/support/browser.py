@@ -23,13 +23,26 @@ def launched_chromium(sync_api: Any) -> Iterator[Any]:
     """The body of a module-scoped ``browser`` fixture: the system Chromium, or a skip saying how to get it."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing: install Debian's browser with "
-                    "`apt-get install -y chromium chromium-driver` (.ci/run does this when it is missing)")
+                    "`apt-get install -y --no-install-recommends chromium chromium-driver` (`make test` does this when it is missing)")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             yield chromium
         finally:
             chromium.close()
+
+
+def log_in(page: Any, base_url: str) -> None:
+    """Open the login link, as a user does with the one ``metawsm serve`` prints: the daemon sets
+    the session cookie and sends the browser to ``/`` without the token in the address bar."""
+    from support.http import token_for
+
+    page.goto(f"{base_url}/?token={token_for(base_url)}")
+    page.wait_for_function("() => location.hash === '' && !!localStorage.getItem('metawsm.pageKey')")
+    assert page.url == base_url + "/", page.url  # the key left the address bar for the page's storage
+    # Leave the app: each test's own first navigation then loads it afresh (and opens its
+    # WebSocket after the test's routes are in place).
+    page.goto("about:blank")
 
 
 def record_page_problems(page: Any, base_url: str, external: list[str], errors: list[str]) -> None:

@@ -26,6 +26,7 @@ from metawsm.actors.managed import ActorContext, ManagedActor
 from metawsm.actors.runs.messages import AgentExited, AgentFailed, KillSession, StartSession
 from metawsm.clock import format_time, now_text
 from metawsm.runs import store
+from metawsm.runs.agent_env import install_shim, with_agent_token
 from metawsm.runs.health import HealthTracker, Observation, RestartBudget, Thresholds
 from metawsm.runs.model import AgentSpec
 from metawsm.runs.tmux import Tmux, TmuxError
@@ -49,6 +50,7 @@ class AgentLaunch(msgspec.Struct, frozen=True, kw_only=True):
     workdir: str
     log_path: str
     env: dict[str, str]
+    bin_dir: str = ""  # holds the metawsm shim that env's PATH starts with ("" = none)
 
 
 def _epoch_text(epoch: float | None) -> str | None:
@@ -72,7 +74,8 @@ class TmuxAgent(ManagedActor):
         services = self.system.services
         self.conn = services.db.connect()
         self.tmux = Tmux(self.launch.socket)
-        self.thresholds = Thresholds.from_policy(services.policy)
+        run_policy = store.load_run(self.conn, self.launch.run_id).spec.policy_or(services.policy)
+        self.thresholds = Thresholds.from_policy(run_policy)  # the run's own, not today's file
         self.tracker = HealthTracker(self.thresholds, time.time())
         row = self._row()
         self.budget = self._new_budget(used=row.restarts_used if row else 0)
@@ -88,6 +91,7 @@ class TmuxAgent(ManagedActor):
         self._activity_stored = False  # whether a last_activity_at has been written by this actor
         self.watching = self.status not in ("stopped", "failed", "cleaned")
         if self.watching:
+            self._refresh_shim()  # a daemon re-attaching may run from another interpreter than the last
             info = self.tmux.pane_info(self.launch.session)
             if info.session_exists:
                 log.log(logging.DEBUG if self.fresh else logging.INFO, "agent %s@%s: %s tmux session %s",
@@ -143,21 +147,44 @@ class TmuxAgent(ManagedActor):
 
     # -- sessions -------------------------------------------------------------------------
 
+    def _refresh_shim(self) -> None:
+        """Rewrite the agent's ``metawsm`` shim if it is missing or stale.
+
+        Best effort: the session is (re)started either way, and a shim that cannot be written
+        only costs the agent its ``metawsm`` command, which the log line makes visible.
+        """
+        if not self.launch.bin_dir:
+            return
+        try:
+            install_shim(Path(self.launch.bin_dir))
+        except OSError as error:
+            log.warning("agent %s@%s: %s", self.launch.agent.name, self.launch.workspace, error)
+
+    def _session_env(self) -> dict[str, str]:
+        """The launch environment plus a token minted for this start of the agent."""
+        services, launch = self.system.services, self.launch
+        tokens = services.tokens if services.auth_enabled else None
+        return with_agent_token(launch.env, tokens, run_id=launch.run_id, ticket=launch.ticket,
+                                agent=launch.agent.name)
+
     def _start_session(self) -> None:
         launch = self.launch
+        self._refresh_shim()
         Path(launch.log_path).parent.mkdir(parents=True, exist_ok=True)
-        info = self.tmux.new_session(launch.session, launch.workdir, launch.agent.command, launch.env,
+        info = self.tmux.new_session(launch.session, launch.workdir, launch.agent.command, self._session_env(),
                                      Path(launch.log_path))
         self.started_at = time.time()
         self._set(status="running", health="healthy", pane_pid=info.pane_pid)
 
     def _restart_session(self, reason: str) -> None:
         launch = self.launch
+        self._refresh_shim()
+        env = self._session_env()
         if self.tmux.has_session(launch.session):
-            info = self.tmux.respawn(launch.session, launch.agent.command, launch.env, launch.workdir)
+            info = self.tmux.respawn(launch.session, launch.agent.command, env, launch.workdir)
         else:
             Path(launch.log_path).parent.mkdir(parents=True, exist_ok=True)
-            info = self.tmux.new_session(launch.session, launch.workdir, launch.agent.command, launch.env,
+            info = self.tmux.new_session(launch.session, launch.workdir, launch.agent.command, env,
                                          Path(launch.log_path))
         now = time.time()
         self.budget.record_restart(now)

@@ -25,6 +25,7 @@ from metawsm.actors.runs.messages import (
 )
 from metawsm.actors.supervisor import ChildSpec, RestartType, Strategy, Supervisor
 from metawsm.runs import store
+from metawsm.runs.agent_env import AgentIdentity, agent_env, install_shim, shim_dir, with_agent_token
 from metawsm.runs.gates import close_blockers
 from metawsm.runs.model import LIVE, GateBlocked, RunError, RunStatus
 from metawsm.runs.planner import STEP_AGENT, STEP_DOCS, STEP_RUN_FILE, STEP_VERIFY, STEP_WORKSPACE
@@ -51,10 +52,10 @@ class RunActor(Supervisor):
     def setup(self) -> None:
         super().setup()
         services = self.system.services
-        self.policy = services.policy
         self.conn = services.db.connect()
         row = store.load_run(self.conn, self.run_id)
         self.spec = row.spec
+        self.policy = self.spec.policy_or(services.policy)  # the policy the run was planned with
         self.workspaces = workspace_provider_for(self.spec, self.policy)
         self.docs = docs_provider_for(self.spec)
         self.tmux = Tmux(self.spec.tmux_socket)
@@ -157,25 +158,30 @@ class RunActor(Supervisor):
     # -- agents ---------------------------------------------------------------------------
 
     def _launch(self, agent_name: str, workspace: str) -> AgentLaunch:
-        spec = self.spec
+        spec, services = self.spec, self.system.services
         agent = next(a for a in spec.agents if a.name == agent_name)
         row = next(r for r in store.agents(self.conn, self.run_id) if r.agent_name == agent_name and r.workspace == workspace)
         ticket = self._ticket_of(workspace)
         ws_dir = Path(spec.workspace_root) / workspace
-        log_dir = Path(self.system.services.base_dir) / ".metawsm" / "logs"
-        env = {
-            "METAWSM_RUN_ID": spec.run_id,
-            "METAWSM_TICKET": ticket,
-            "METAWSM_AGENT": agent_name,
-            "METAWSM_WORKSPACE": workspace,
-            "METAWSM_SERVER": self.system.services.server_url,
-            "METAWSM_RUN_FILE": str(ws_dir / ".metawsm" / "run.json"),
-        }
+        log_dir = Path(services.base_dir) / ".metawsm" / "logs"
+        bin_dir = shim_dir(services.db.path)
+        identity = AgentIdentity(run_id=spec.run_id, ticket=ticket, agent=agent_name, workspace=workspace,
+                                 run_file=str(ws_dir / ".metawsm" / "run.json"))
         return AgentLaunch(
             run_id=spec.run_id, ticket=ticket, agent=agent, workspace=workspace, session=row.session_name,
             socket=spec.tmux_socket, workdir=row.workspace_path, log_path=str(log_dir / f"{row.session_name}.log"),
-            env=env,
+            env=agent_env(identity, server_url=services.server_url, bin_dir=bin_dir), bin_dir=str(bin_dir),
         )
+
+    def _tokens(self) -> Any:
+        services = self.system.services
+        return services.tokens if services.auth_enabled else None
+
+    def _revoke_tokens(self) -> None:
+        """The run is over: its agents' tokens stop working now."""
+        tokens = self.system.services.tokens
+        if tokens is not None:
+            tokens.revoke_run(self.run_id)
 
     def _child_id(self, agent_name: str, workspace: str) -> str:
         return agent_name if len(self.spec.tickets) == 1 else f"{agent_name}@{workspace}"
@@ -185,10 +191,11 @@ class RunActor(Supervisor):
         if fresh:
             if self.tmux.has_session(launch.session):
                 self.tmux.kill_session(launch.session)
-            from metawsm.runs.tmux import TmuxError  # noqa: F401 - errors propagate as step failures
-
+            install_shim(Path(launch.bin_dir))  # an OSError fails the step: the agent could not report
             Path(launch.log_path).parent.mkdir(parents=True, exist_ok=True)
-            info = self.tmux.new_session(launch.session, launch.workdir, launch.agent.command, launch.env,
+            env = with_agent_token(launch.env, self._tokens(), run_id=self.run_id, ticket=launch.ticket,
+                                   agent=agent_name)
+            info = self.tmux.new_session(launch.session, launch.workdir, launch.agent.command, env,
                                          Path(launch.log_path))
             store.update_agent(self.conn, self.run_id, agent_name, workspace, status="running", health="healthy",
                                pane_pid=info.pane_pid, restarts_used=0, last_error="")
@@ -295,6 +302,7 @@ class RunActor(Supervisor):
             self._ask_agents(KillSession())
             self._stop_agent_actors()
             store.transition(self.conn, self.run_id, S.STOPPED, "agents stopped")
+            self._revoke_tokens()  # resume starts the agents again, each with a new token
         elif action == "resume":
             if status in LIVE:
                 return self.run_id
@@ -354,6 +362,7 @@ class RunActor(Supervisor):
         self._ask_agents(KillSession())
         self._stop_agent_actors()
         store.transition(self.conn, self.run_id, S.CLOSED, "closed")
+        self._revoke_tokens()
         self.tell_self_stop()
 
     def tell_self_stop(self) -> None:

@@ -3,6 +3,9 @@
 On start it brings back a Run actor for every run that is not closed, so a daemon restart
 re-attaches to live agents.  Run actors are ``transient``: a closed run stops its actor for
 good, a crashed one is restarted and resumes from SQLite.
+
+Each new run is planned with the policy file as it is at that moment (re-read when it changed)
+and keeps that policy in its spec; an invalid file refuses the run and changes nothing else.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from metawsm.actors.messages import Request
 from metawsm.actors.runs.messages import ACTIONS, ControlChanged, CreateRun, RunCommand, run_path
 from metawsm.actors.runs.run import RunActor
 from metawsm.actors.supervisor import ChildSpec, RestartType, Strategy, Supervisor
+from metawsm.policy import Policy, PolicyError
 from metawsm.runs import store
 from metawsm.runs.cleanup import cleanup_run
+from metawsm.runs.confinement import check_run_request
 from metawsm.runs.model import RunError, RunStatus
 from metawsm.runs.planner import plan_run
 from metawsm.runs.snapshot import plan_snapshot
@@ -70,10 +75,12 @@ class RunSupervisor(Supervisor):
 
     def _create(self, message: CreateRun) -> Any:
         services = self.system.services
-        plan = plan_run(message.request, services.policy, policy_path=services.policy_path,
-                        server_url=services.server_url, base_dir=Path(services.base_dir))
+        policy = self._policy_for_new_run()
+        check_run_request(message.request, policy, Path(services.base_dir))
+        plan = plan_run(message.request, policy, policy_path=services.policy_path,
+                        server_url=services.server_url, base_dir=Path(services.base_dir), db_path=services.db.path)
         # Resolve every repo now, so a typo fails the request instead of a step later.
-        workspace_provider_for(plan.spec, services.policy).plan(plan.slots[0].workspace, plan.spec.repos)
+        workspace_provider_for(plan.spec, policy).plan(plan.slots[0].workspace, plan.spec.repos)
         if plan.spec.dry_run:
             return plan_snapshot(plan)
         with write_transaction(self.conn):
@@ -87,6 +94,14 @@ class RunSupervisor(Supervisor):
         reply = self.defer_reply()
         self._start_child(run_spec(plan.spec.run_id, reply))
         return DEFERRED
+
+    def _policy_for_new_run(self) -> Policy:
+        try:
+            return self.system.services.policy_for_new_run()
+        except PolicyError as error:
+            # The file was edited into something invalid: this run is refused (HTTP 400) with the
+            # policy's own one-line message, and the daemon keeps the policy it had.
+            raise RunError(str(error), code="invalid_policy") from None
 
     def _route(self, command: RunCommand) -> Any:
         if command.action not in ACTIONS:

@@ -1,0 +1,1 @@
+"""Credentials: operator and agent tokens, the operator token file, the UI session."""
