@@ -13,7 +13,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from metawsm.auth.tokens import OPERATOR_PREFIX, new_operator_token
+from metawsm.auth.tokens import new_operator_token
 
 TOKEN_ENV = "METAWSM_TOKEN"
 TOKEN_FILE_NAME = "token"
@@ -85,7 +85,3 @@ def replace(path: Path) -> str:
     except OSError as error:
         raise TokenFileError(f"cannot write token file {path}: {error.strerror or error}") from None
     return token
-
-
-def looks_like_operator_token(text: str) -> bool:
-    return text.startswith(OPERATOR_PREFIX)
