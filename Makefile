@@ -10,7 +10,7 @@ TEST_LOCK    = requirements/test.txt
 BROWSER ?= 1
 PIP_INSTALL = $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: serve test install install-test lock clean
+.PHONY: serve test lint install install-test lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,11 +35,16 @@ install-test: $(VENV)/.test
 serve: $(VENV)/.runtime
 	$(BIN)/metawsm serve $(ARGS)
 
+# Lint and types first: ruff's rules and mypy's settings are in pyproject.toml.
+lint: $(VENV)/.test
+	$(BIN)/ruff check metawsm tests scripts bench
+	$(BIN)/mypy
+
 ifeq ($(BROWSER),0)
-test: $(VENV)/.test
+test: lint
 	$(BIN)/pytest -m "not browser" $(PYTEST_ARGS)
 else
-test: $(VENV)/.test
+test: lint
 	./scripts/ensure-chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 endif

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from metawsm.store import open_connection  # noqa: E402 - after the path tweak so a checkout runs as is
-from metawsm.transport.redis_process import RedisProcess  # noqa: E402
+from metawsm.transport.redis_process import RedisProcess  # noqa: E402 - after the sys.path set-up above
 
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
@@ -61,7 +61,7 @@ class Scratch:
         self.path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
         self.keep = keep
 
-    def __enter__(self) -> "Scratch":
+    def __enter__(self) -> Scratch:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -203,7 +203,7 @@ class RawHttp:
         self.writer: asyncio.StreamWriter | None = None
         self.authorization: str | None = None  # the header line, found on the first request
 
-    async def connect(self) -> "RawHttp":
+    async def connect(self) -> RawHttp:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         return self
 

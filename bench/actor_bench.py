@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from metawsm.actors import (  # noqa: E402 - after the path tweak so a checkout runs as is
+from metawsm.actors import (
     ActorError,
     ActorSystem,
     ChildSpec,

@@ -44,12 +44,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import (  # noqa: E402
-    auth,
+from _harness import (
     HttpClosed,
     RawHttp,
     Scratch,
     Serve,
+    auth,
     check_invariants,
     http,
     machine_facts,
@@ -58,7 +58,7 @@ from _harness import (  # noqa: E402
     start_redis,
     wait_caught_up,
 )
-from metawsm.store import open_connection  # noqa: E402
+from metawsm.store import open_connection
 
 TICKET = "CHAOS"
 RUNS = ("chaos-run-1", "chaos-run-2", "chaos-run-3")
@@ -127,7 +127,7 @@ async def ws_client(url: str, lineage: Lineage, stop: threading.Event) -> None:
                             lineage.cursor = max(lineage.cursor, int(frame["next_cursor"]))
                         if stop.is_set():
                             break
-            except (aiohttp.ClientError, ConnectionError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError):
                 pass
             if not stop.is_set():
                 await asyncio.sleep(0.05)
@@ -275,7 +275,7 @@ def run_chaos(workdir: Path, *, kills: int = 50, writes: int = 10_000, clients: 
             notes["drain"] = drained
             newest = _newest(serve.db_path)
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and any(l.cursor < newest for l in lineages):
+            while time.monotonic() < deadline and any(line.cursor < newest for line in lineages):
                 await asyncio.sleep(0.1)
             stop_ws.set()
             for task in ws_tasks:
@@ -290,8 +290,8 @@ def run_chaos(workdir: Path, *, kills: int = 50, writes: int = 10_000, clients: 
                               f"(spawn -> healthy: max {max(restarts, default=0):.2f} s)")
         outcome.did.append(f"answers: {dict(sorted(log.statuses.items()))}; sent but no answer (connection cut): "
                            f"{log.unknown}; acknowledged (200/202): {len(log.acknowledged)}")
-        outcome.did.append(f"{ws} WebSocket clients, {sum(l.connections for l in lineages)} connections in all, "
-                           f"{sum(l.frames for l in lineages)} event frames")
+        outcome.did.append(f"{ws} WebSocket clients, {sum(line.connections for line in lineages)} connections in all, "
+                           f"{sum(line.frames for line in lineages)} event frames")
         if notes.get("drain", -1) < 0:
             outcome.violations.append("the pipeline did not drain within 300 s after the load")
         found, bad = check_invariants(serve.db_path, log.acknowledged)

@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import LATENCY_HEADERS, Scratch, latency_row, machine_facts, policy, start_redis, table  # noqa: E402
-from metawsm.actors.errors import ActorError  # noqa: E402
-from metawsm.actors.messages import Ping  # noqa: E402
-from metawsm.daemon import Daemon  # noqa: E402
-from metawsm.policy import policy_from_mapping  # noqa: E402
-from metawsm.waiting import wait_until  # noqa: E402
+from _harness import LATENCY_HEADERS, Scratch, latency_row, machine_facts, policy, start_redis, table
+from metawsm.actors.errors import ActorError
+from metawsm.actors.messages import Ping
+from metawsm.daemon import Daemon
+from metawsm.policy import policy_from_mapping
+from metawsm.waiting import wait_until
 
 ACTORS = {
     "broker (stateless leaf)": "root/forum/broker",
@@ -41,10 +41,10 @@ PROBE_PAUSE_SECONDS = 0.0002
 def replacement_seconds(daemon_system: object, path: str) -> float:
     system = daemon_system
     started = time.perf_counter()
-    system.crash(path, "bench")  # type: ignore[attr-defined]
+    system.crash(path, "bench")  # type: ignore[attr-defined]  # the daemon's system, typed loosely
     while True:
         try:
-            system.ask(path, Ping(), timeout=2.0)  # type: ignore[attr-defined]
+            system.ask(path, Ping(), timeout=2.0)  # type: ignore[attr-defined]  # the daemon's system, typed loosely
             return time.perf_counter() - started
         except ActorError:
             time.sleep(PROBE_PAUSE_SECONDS)

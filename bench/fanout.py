@@ -30,12 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import statistics
 import json
 import multiprocessing
 import os
 import re
 import socket
+import statistics
 import struct
 import sys
 import time
@@ -45,13 +45,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import (  # noqa: E402
-    auth,
+from _harness import (
     LATENCY_HEADERS,
     MachineLoad,
     Pool,
     Scratch,
     Serve,
+    auth,
     http,
     latency_row,
     machine_facts,

@@ -32,13 +32,13 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import (  # noqa: E402
-    auth,
+from _harness import (
     LATENCY_HEADERS,
     MachineLoad,
     Pool,
     Scratch,
     Serve,
+    auth,
     latency_row,
     machine_facts,
     policy,
@@ -129,7 +129,7 @@ async def phase(pool: Pool, watcher: Watcher, threads: list[str], rate: float, w
         watcher.arrived.clear()
         try:
             await asyncio.wait_for(watcher.arrived.wait(), 0.5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     frame = [watcher.received[t] - t0 for t, t0 in sent.items() if t in watcher.received]
     return {

@@ -30,12 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from metawsm.daemon import Daemon  # noqa: E402 - after the path tweak so a checkout runs as is
-from metawsm.forum.requests import AddPostRequest, OpenThreadRequest  # noqa: E402
-from metawsm.forum.service import ForumService  # noqa: E402
-from metawsm.policy import policy_from_mapping  # noqa: E402
-from metawsm.transport.redis_process import RedisProcess  # noqa: E402
-from metawsm.waiting import wait_until  # noqa: E402
+from metawsm.daemon import Daemon
+from metawsm.forum.requests import AddPostRequest, OpenThreadRequest
+from metawsm.forum.service import ForumService
+from metawsm.policy import policy_from_mapping
+from metawsm.transport.redis_process import RedisProcess
+from metawsm.waiting import wait_until
 
 
 def percentile(ordered: list[float], p: float) -> float:

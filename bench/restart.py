@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import (  # noqa: E402
+from _harness import (
     LATENCY_HEADERS,
     PROJECTIONS,
     RawHttp,
@@ -49,7 +49,7 @@ from _harness import (  # noqa: E402
     table,
     wait_caught_up,
 )
-from metawsm.store import open_connection  # noqa: E402
+from metawsm.store import open_connection
 
 TICKET = "RESTART"
 

@@ -28,9 +28,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import (  # noqa: E402
-    HttpClosed,
+from _harness import (
     LATENCY_HEADERS,
+    HttpClosed,
     MachineLoad,
     RawHttp,
     Scratch,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 # now_text() runs several times per forum write; strftime for every call was a visible
 # share of the daemon's CPU, so the seconds part is formatted once per second.
@@ -11,12 +11,12 @@ _second_prefix: tuple[int, str] = (-1, "")
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def format_time(moment: datetime) -> str:
     """``2026-11-27T12:00:00.123456Z`` — fixed width, so strings sort like times."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def now_text() -> str:

@@ -1,9 +1,10 @@
 """Assembling and running the daemon's actor system (used by ``metawsm serve`` and tests).
 
-Start-up order: validate the policy, open and migrate the database, find a usable Redis
-(the configured one, or a private one per ``forum.redis.embedded``), claim the stream
-namespace, then start the actor tree.  Each step fails fast with one readable message
-(:class:`StartupError`), before any actor runs.
+Start-up order: validate the policy, lock the database (:mod:`metawsm.daemon_lock`: one
+daemon per database), open and migrate it, find a usable Redis (the configured one, or a
+private one per ``forum.redis.embedded``), claim the stream namespace, then start the actor
+tree.  Each step fails fast with one readable message (:class:`StartupError`), before any
+actor runs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from metawsm.actors.runs.supervisor import RunSupervisor
 from metawsm.actors.supervisor import ChildSpec, Strategy, Supervisor
 from metawsm.actors.system import ActorSystem
 from metawsm.auth.tokens import TokenRegistry, new_operator_token
+from metawsm.daemon_lock import DatabaseLock, DatabaseLockError
 from metawsm.policy import ForumRedis, Policy, redacted_redis_url
 from metawsm.services import Services
 from metawsm.store import Database, StoreError
@@ -161,6 +163,7 @@ class Daemon:
         redis: RedisSetting | None = None,
         operator_token: str | None = None,
         auth_enabled: bool = True,
+        db_lock: DatabaseLock | None = None,
     ) -> None:
         self.policy = policy
         self.policy_path = str(Path(policy_path).absolute()) if policy_path else ""
@@ -176,8 +179,24 @@ class Daemon:
         self.services: Services | None = None
         self.redis: RedisChoice | None = None
         self.claim: NamespaceClaim | None = None
+        # ``serve`` locks the database before anything else and hands the lock over; an
+        # in-process daemon (tests, benchmarks) takes it in start().  Released by stop().
+        self.db_lock = db_lock
 
     def start(self) -> ActorSystem:
+        if self.db_lock is None or not self.db_lock.held:
+            try:
+                self.db_lock = DatabaseLock.acquire(self.db_path, self.server_url)
+            except DatabaseLockError as error:
+                raise StartupError(str(error)) from error
+        try:
+            return self._start()
+        except BaseException:
+            if self.system is None:  # nothing runs: a retry (or another daemon) may take it
+                self._release_lock()
+            raise
+
+    def _start(self) -> ActorSystem:
         db = Database(str(self.db_path))
         try:
             db.migrate()
@@ -186,7 +205,9 @@ class Daemon:
         self.redis = choose_redis(self.policy, self.db_path, self.redis_setting)
         log.info("redis: %s (%s)", redacted_redis_url(self.redis.url), self.redis.reason)
         try:
-            self.claim = NamespaceClaim(self.redis.url, self.policy.forum.redis.stream, self.db_path)
+            # We hold the database lock, so a record of this database is a dead predecessor's.
+            self.claim = NamespaceClaim(self.redis.url, self.policy.forum.redis.stream, self.db_path,
+                                        holds_database_lock=True)
             self.claim.claim()
         except NamespaceTaken as error:
             self._stop_redis()
@@ -226,6 +247,11 @@ class Daemon:
                 pass
             self.claim.close()
         self._stop_redis()
+        self._release_lock()  # last: until everything above is stopped, this daemon owns the database
+
+    def _release_lock(self) -> None:
+        if self.db_lock is not None:
+            self.db_lock.release()
 
     def _stop_redis(self) -> None:
         if self.redis is not None and self.redis.process is not None:

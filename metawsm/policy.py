@@ -20,8 +20,6 @@ inert fields its file sets, for the start-up warnings.
 
 from __future__ import annotations
 
-from metawsm.defaults import DEFAULT_DB_PATH, DEFAULT_POLICY_PATH
-
 import hashlib
 import os
 import re
@@ -29,10 +27,11 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import msgspec
 
+from metawsm.defaults import DEFAULT_DB_PATH, DEFAULT_POLICY_PATH
 from metawsm.policy_compat import (
     INERT_FIELDS,
     ClosePolicy,
@@ -44,11 +43,12 @@ from metawsm.policy_compat import (
     ReviewFeedbackPolicy,
     docs_compat_failures,
     git_pr_failures,
-    operator_llm_failures,
     inert_fields_in,
     inert_warning,
+    operator_llm_failures,
     without_inert_fields,
 )
+from metawsm.redact import redact_url
 
 __all__ = [
     "DEFAULT_DB_PATH",
@@ -136,7 +136,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     """Common options: unknown keys are errors, fields are named, values are immutable."""
 
 
-class WorkspacePolicy(_Section):
+class WorkspacePolicy(_Section, frozen=True):
     default_strategy: str = "create"
     branch_prefix: str = "task"
     base_branch: str = "main"
@@ -146,7 +146,7 @@ class WorkspacePolicy(_Section):
     repo_sources: dict[str, str] = {}
 
 
-class DocsPolicy(_Section):
+class DocsPolicy(_Section, frozen=True):
     provider: str = "builtin"
     seed_mode: str = "copy_from_repo_on_start"
     # From the Go version; policy_compat.INERT_FIELDS says what they do here (nothing yet).
@@ -155,27 +155,27 @@ class DocsPolicy(_Section):
     api: DocsApiPolicy = msgspec.field(default_factory=DocsApiPolicy)
 
 
-class TmuxPolicy(_Section):
+class TmuxPolicy(_Section, frozen=True):
     # ``auto`` (TMUX_SOCKET_AUTO): a server of this daemon's own; any other name is used as is.
     socket: str = TMUX_SOCKET_AUTO
     session_pattern: str = "{agent}-{workspace}"
 
 
-class ExecutionPolicy(_Section):
+class ExecutionPolicy(_Section, frozen=True):
     step_retries: int = 1
     # A run request naming more tickets than this is refused: each ticket is a workspace and a
     # tmux session per agent, so an unbounded request could exhaust the machine.
     max_tickets_per_run: int = 10
 
 
-class HealthPolicy(_Section):
+class HealthPolicy(_Section, frozen=True):
     poll_seconds: Seconds = 2
     idle_seconds: Seconds = 300
     activity_stalled_seconds: Seconds = 900
     progress_stalled_seconds: Seconds = 1200
 
 
-class OperatorPolicy(_Section):
+class OperatorPolicy(_Section, frozen=True):
     unhealthy_confirmations: int = 2
     restart_budget: int = 3
     restart_cooldown_seconds: Seconds = 60
@@ -185,13 +185,13 @@ class OperatorPolicy(_Section):
     llm: OperatorLlmPolicy = msgspec.field(default_factory=OperatorLlmPolicy)
 
 
-class ForumTopics(_Section):
+class ForumTopics(_Section, frozen=True):
     command_prefix: str = "forum.commands"
     event_prefix: str = "forum.events"
     integration_prefix: str = "forum.integration"
 
 
-class ForumRedis(_Section):
+class ForumRedis(_Section, frozen=True):
     url: str = "redis://127.0.0.1:6379/0"
     stream: str = "metawsm-forum"
     group: str = "metawsm-forum"
@@ -199,11 +199,11 @@ class ForumRedis(_Section):
     embedded: str = "auto"
 
 
-class ForumSla(_Section):
+class ForumSla(_Section, frozen=True):
     escalation_minutes: int = 30
 
 
-class ForumPolicy(_Section):
+class ForumPolicy(_Section, frozen=True):
     enabled: bool = True
     topics: ForumTopics = msgspec.field(default_factory=ForumTopics)
     redis: ForumRedis = msgspec.field(default_factory=ForumRedis)
@@ -214,27 +214,29 @@ class ForumPolicy(_Section):
     docs_sync: ForumDocsSync = msgspec.field(default_factory=ForumDocsSync)
 
 
-class SupervisionPolicy(_Section):
+class SupervisionPolicy(_Section, frozen=True):
     max_restarts: int = 5
     within_seconds: Seconds = 10
     backoff_initial_ms: int = 100
     backoff_max_ms: int = 10000
 
 
-class DebugPolicy(_Section):
+class DebugPolicy(_Section, frozen=True):
     fault_injection: bool = False
 
 
-class ApiPolicy(_Section):
+class ApiPolicy(_Section, frozen=True):
     """Who may reach the HTTP API besides the loopback names (docs/security.md)."""
 
     # Extra Host header values the daemon answers to ("name" or "name:port"), e.g. a LAN name.
     allowed_hosts: list[str] = []
     # Web origins ("https://dash.example:8443") allowed to call the API from a browser (CORS).
     allowed_origins: list[str] = []
+    # How long an Idempotency-Key (and the answer it repeats) is kept at least (docs/api.md).
+    idempotency_ttl_hours: int | float = 24
 
 
-class RunnerOptions(_Section):
+class RunnerOptions(_Section, frozen=True):
     # ``codex`` only: start codex with ``--full-auto``. Other runners ignore it (the Go
     # version's default file sets it to false on its shell profile).
     full_auto: bool = False
@@ -244,7 +246,7 @@ class RunnerOptions(_Section):
     command: str | list[str] = ""
 
 
-class AgentProfile(_Section):
+class AgentProfile(_Section, frozen=True):
     """How to start an agent; ``name`` and ``runner`` have no sensible default, so are required."""
 
     name: str
@@ -258,7 +260,7 @@ class AgentProfile(_Section):
             msgspec.structs.force_setattr(self, "skills", [])
 
 
-class AgentRef(_Section):
+class AgentRef(_Section, frozen=True):
     """One agent of a run, started with the named profile."""
 
     name: str
@@ -279,7 +281,7 @@ def _default_agents() -> list[AgentRef]:
     return [AgentRef(name="agent", profile="default-shell")]
 
 
-class Policy(_Section):
+class Policy(_Section, frozen=True):
     """The whole policy; field order is the order of the spec and of the written file."""
 
     version: int = POLICY_VERSION
@@ -515,6 +517,8 @@ def _failures(p: Policy) -> Iterator[str]:
     for origin in p.api.allowed_origins:
         if not _is_origin(origin):
             yield f'api.allowed_origins entry "{origin}" must be an origin such as https://host:port'
+    if p.api.idempotency_ttl_hours <= 0:
+        yield "api.idempotency_ttl_hours must be > 0"
 
     if not p.agent_profiles:
         yield "agent_profiles must contain at least one entry"
@@ -613,43 +617,9 @@ def write_default_policy(path: str | Path | None = None, force: bool = False) ->
 
 # --------------------------------------------------------------------------- display helpers
 
-_MASK = "***"
-
-
-def redacted_redis_url(url: str) -> str:
-    """``redis://user:secret@host:6379/0`` -> ``redis://user:***@host:6379/0``.
-
-    Health output and logs show which Redis is used; they must not show its password, whether
-    it sits in the userinfo or in a ``?password=`` query parameter (unix socket URLs).
-    """
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-        username = parts.username
-        hostinfo = parts.netloc.rpartition("@")[2]
-    except ValueError:
-        # Unparseable: keep only the scheme rather than risk echoing a secret.
-        scheme = url.partition("://")[0] if "://" in url else ""
-        return f"{scheme}://{_MASK}" if scheme else _MASK
-    netloc = parts.netloc
-    if password is not None:
-        netloc = f"{username or ''}:{_MASK}@{hostinfo}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(key.lower() == "password" for key, _ in pairs):
-            masked = [(k, _MASK if k.lower() == "password" else v) for k, v in pairs]
-            query = urlencode(masked, safe="*")
-    # Reassembled by hand: urlunsplit would turn ``unix:///path`` into ``unix:/path``.
-    text = f"{parts.scheme}:" if parts.scheme else ""
-    if netloc or url.startswith(text + "//"):
-        text += f"//{netloc}"
-    text += parts.path
-    if query:
-        text += f"?{query}"
-    if parts.fragment:
-        text += f"#{parts.fragment}"
-    return text
+# ``redacted_redis_url(url)``: the URL with any password masked (userinfo or ``?password=``);
+# the one implementation is metawsm/redact.py, shared with the transport's error messages.
+redacted_redis_url = redact_url
 
 
 def redacted_policy(policy: Policy) -> Policy:

@@ -92,7 +92,7 @@ class _CompatSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, f
     """The options of every policy section (see ``metawsm.policy._Section``)."""
 
 
-class DocsEndpoint(_CompatSection):
+class DocsEndpoint(_CompatSection, frozen=True):
     """A docmgr HTTP server. Every field defaults to empty so that a missing one gets the
     validation message of the Go version rather than a decoding error."""
 
@@ -103,7 +103,7 @@ class DocsEndpoint(_CompatSection):
     workspace: str = ""  # required for workspace endpoints only
 
 
-class DocsApiPolicy(_CompatSection):
+class DocsApiPolicy(_CompatSection, frozen=True):
     # The Go version writes ``null`` for "no endpoints"; both read as an empty list.
     workspace_endpoints: list[DocsEndpoint] | None = []
     repo_endpoints: list[DocsEndpoint] | None = []
@@ -115,16 +115,16 @@ class DocsApiPolicy(_CompatSection):
                 msgspec.structs.force_setattr(self, name, [])
 
 
-class ClosePolicy(_CompatSection):
+class ClosePolicy(_CompatSection, frozen=True):
     # The close gates here always require clean workspaces, whatever this says.
     require_clean_git: bool = True
 
 
-class ForumDocsSync(_CompatSection):
+class ForumDocsSync(_CompatSection, frozen=True):
     enabled: bool = True
 
 
-class OperatorLlmPolicy(_CompatSection):
+class OperatorLlmPolicy(_CompatSection, frozen=True):
     """The operator's language-model assistant (no LLM operator here yet)."""
 
     mode: str = "assist"  # off|assist|auto, compared trimmed and lower-cased like the Go version
@@ -142,7 +142,7 @@ def _default_forbidden_patterns() -> list[str]:
     return [".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa", "id_ed25519"]
 
 
-class ReviewFeedbackPolicy(_CompatSection):
+class ReviewFeedbackPolicy(_CompatSection, frozen=True):
     enabled: bool = False
     mode: str = "assist"
     include_review_comments: bool = True
@@ -151,7 +151,7 @@ class ReviewFeedbackPolicy(_CompatSection):
     auto_dispatch_cap_per_interval: int = 1
 
 
-class GitPrPolicy(_CompatSection):
+class GitPrPolicy(_CompatSection, frozen=True):
     """Commits and pull requests of a run's workspaces (no delivery here yet)."""
 
     mode: str = "assist"

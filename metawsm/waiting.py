@@ -57,7 +57,7 @@ async def async_wait_until(
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _timeout_error(message, timeout, value)

@@ -22,8 +22,8 @@ try:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 except ImportError:  # a fresh venv: only pip's vendored copy is there
-    from pip._vendor.packaging.requirements import Requirement  # type: ignore[no-redef]
-    from pip._vendor.packaging.utils import canonicalize_name  # type: ignore[no-redef]
+    from pip._vendor.packaging.requirements import Requirement  # type: ignore[no-redef]  # pip's vendored copy when packaging is absent
+    from pip._vendor.packaging.utils import canonicalize_name  # type: ignore[no-redef]  # pip's vendored copy when packaging is absent
 
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s\\;]+)")
 FIX = "run `make lock` and commit requirements/"

@@ -20,6 +20,7 @@ from metawsm.transport.redis_process import RedisProcess
 
 if TYPE_CHECKING:  # imported lazily in the fixtures: collecting tests should not load the daemon
     from support.daemon import InProcessDaemon, ServeProcess
+from support.agents import runs_env  # noqa: F401 - a fixture, defined once for every runs test
 from support.processes import (
     kill_tmux_server,
     require_executable,
@@ -96,7 +97,7 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def forum_daemon(redis_url: str, redis_namespace: str, tmp_path: Path) -> Iterator["InProcessDaemon"]:
+def forum_daemon(redis_url: str, redis_namespace: str, tmp_path: Path) -> Iterator[InProcessDaemon]:
     """The whole actor system in this process, on the session Redis, with its own namespace."""
     from support.daemon import InProcessDaemon, make_policy
 
@@ -108,7 +109,7 @@ def forum_daemon(redis_url: str, redis_namespace: str, tmp_path: Path) -> Iterat
 
 
 @pytest.fixture
-def serve_process(redis_url: str, redis_namespace: str, tmp_path: Path) -> Iterator["ServeProcess"]:
+def serve_process(redis_url: str, redis_namespace: str, tmp_path: Path) -> Iterator[ServeProcess]:
     """A started `metawsm serve --debug` subprocess on a free port (session Redis, own namespace)."""
     from support.daemon import ServeProcess, policy_data
 

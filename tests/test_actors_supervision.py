@@ -13,8 +13,8 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgspec
 import pykka

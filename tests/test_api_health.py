@@ -1,5 +1,5 @@
-"""Health and the ``serve`` command: ok → degraded → ok with a Redis of our own, 503 ``failed``
-once the root supervisor gives up (and the process then exits by itself), the start-up
+"""Health and the ``serve`` command: ok → degraded → ok with a Redis of our own, ``recovering``
+while a child is restarted, 503 ``failed`` once the root supervisor gives up (and the process then exits by itself), the start-up
 refusals of ``metawsm serve``, clean stops on SIGINT/SIGTERM, the embedded Redis, and the
 README's first minutes as a new user would type them.
 """
@@ -140,6 +140,55 @@ def _forum_running(server: ServeProcess) -> bool:
     status, body = call(server.url + "/api/v1/debug/actors")
     forum = [c for c in body["actors"]["children"] if c["path"] == "root/forum"]
     return status == 200 and bool(forum) and forum[0]["state"] == "running"
+
+
+def test_health_says_recovering_while_a_child_is_restarted_then_ok(
+    redis_url: str, redis_namespace: str, tmp_path: Path
+) -> None:
+    policy = policy_data(redis_url, redis_namespace)
+    # The first restart after a quiet period is immediate; the next one of the same child waits
+    # out the backoff, which here is long enough for health to be seen saying so.
+    policy["supervision"] = {"max_restarts": 10, "within_seconds": 30, "backoff_initial_ms": 3000,
+                             "backoff_max_ms": 3000}
+    server = ServeProcess(tmp_path / "serve", policy).start()
+    path = "root/forum/projections/thread_views"
+
+    def crash(reason: str) -> bool:
+        status, body = call(server.url + f"/api/v1/debug/actors/{path}/crash?reason={reason}", "POST")
+        if status == 404 and body["error"]["code"] == "actor_not_found":
+            return False  # still restarting from the previous crash
+        assert status == 200, body
+        return True
+
+    try:
+        assert health(server)[1]["status"] == "ok"
+        wait_until(lambda: crash("first"), timeout=10, message="first crash")
+        wait_until(lambda: _actor_state(server, path) == "running", timeout=10, message="restarted at once")
+        wait_until(lambda: crash("second"), timeout=10, message="second crash")
+        status, body = wait_until(lambda: (h := health(server))[1]["status"] == "recovering" and h, timeout=10,
+                                  message="health recovering during the backoff")
+        assert status == 200, body
+        assert body["recovering"] == [{"path": path, "state": "restarting", "restarts": 2,
+                                       "reason": "InjectedFault: second"}], body
+        assert body["reason"] == f"{path} is restarting after InjectedFault: second", body
+        assert body["actors"]["restarting"] >= 1
+        status, body = wait_until(lambda: (h := health(server))[1]["status"] == "ok" and h, timeout=30,
+                                  message="health ok once the child is back")
+        assert status == 200 and "recovering" not in body and "reason" not in body, body
+        assert body["actors"]["restarts_total"] == 2
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def _actor_state(server: ServeProcess, path: str) -> str | None:
+    status, body = call(server.url + "/api/v1/debug/actors")
+    assert status == 200, body
+    found = [n for n in _walk(body["actors"]) if n["path"] == path]
+    return found[0]["state"] if found else None
+
+
+def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node] + [n for child in node.get("children", []) for n in _walk(child)]
 
 
 def test_fault_injection_is_404_without_debug(redis_url: str, redis_namespace: str, tmp_path: Path) -> None:

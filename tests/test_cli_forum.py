@@ -210,7 +210,7 @@ def test_twenty_cli_processes_writing_at_once_all_succeed(serve_process):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         for argv in argvs
     ]
-    outcomes = [(p.wait(timeout=60), p.stdout.read(), p.stderr.read()) for p in processes]  # type: ignore[union-attr]
+    outcomes = [(p.wait(timeout=60), p.stdout.read(), p.stderr.read()) for p in processes]  # type: ignore[union-attr]  # started with stdout/stderr=PIPE
     for code, stdout, stderr in outcomes:
         assert code == 0 and "locked" not in stderr, f"exit {code}\nstdout: {stdout}\nstderr: {stderr}"
     detail = api(server, f"/forum/threads/{thread_id}")

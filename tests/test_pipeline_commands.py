@@ -8,6 +8,7 @@ wrote, with Python's sqlite3 and with the ``sqlite3`` command-line shell.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import sqlite3
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from metawsm.forum.enums import ThreadState
 from metawsm.forum.errors import ForumError
 from metawsm.forum.requests import (
     AddPostRequest,
@@ -28,7 +30,6 @@ from metawsm.forum.requests import (
     SetPriorityRequest,
 )
 from metawsm.forum.rules import ALLOWED_TRANSITIONS
-from metawsm.forum.enums import ThreadState
 from metawsm.waiting import wait_until
 
 
@@ -251,9 +252,9 @@ def test_mark_seen_writes_a_marker_that_never_moves_back(forum_daemon):
     opened = ask(forum)
     tid = opened.thread_id
     forum.submit_sync(AddPostRequest(body="more", actor_type="agent"), thread_id=tid)
-    marker = forum.read(lambda r: r.mark_seen(tid, "human", "bob"))
+    marker = asyncio.run(forum.mark_seen(tid, "human", "bob"))
     assert marker.last_seen_event_sequence == 2
-    older = forum.read(lambda r: r.mark_seen(tid, "human", "bob", 1))
+    older = asyncio.run(forum.mark_seen(tid, "human", "bob", 1))
     assert older.last_seen_event_sequence == 2
     from metawsm.forum.reads import Viewer
 
@@ -261,7 +262,7 @@ def test_mark_seen_writes_a_marker_that_never_moves_back(forum_daemon):
     assert forum.read(lambda r: r.get_thread(tid, viewer)).is_unseen is False
     forum.submit_sync(AddPostRequest(body="even more", actor_type="agent"), thread_id=tid)
     assert forum.read(lambda r: r.get_thread(tid, viewer)).is_unseen is True
-    error = refused(lambda: forum.read(lambda r: r.mark_seen("fthr_missing", "human", "bob")))
+    error = refused(lambda: asyncio.run(forum.mark_seen("fthr_missing", "human", "bob")))
     assert error.message == "forum thread fthr_missing not found" and error.status == 404
     with db(forum_daemon) as conn:
         assert conn.execute("SELECT COUNT(*) FROM forum_thread_reads").fetchone()[0] == 1

@@ -72,7 +72,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "supervision": {"max_restarts": 5, "within_seconds": 10, "backoff_initial_ms": 100,
                     "backoff_max_ms": 10000},
     "debug": {"fault_injection": False},
-    "api": {"allowed_hosts": [], "allowed_origins": []},
+    "api": {"allowed_hosts": [], "allowed_origins": [], "idempotency_ttl_hours": 24},
     "agent_profiles": [{"name": "default-shell", "runner": "shell", "base_prompt": "",
                         "skills": [], "runner_options": {"full_auto": False, "command": "bash"}}],
     "agents": [{"name": "agent", "profile": "default-shell"}],
@@ -187,7 +187,7 @@ def test_policy_from_mapping_validates() -> None:
 
 def test_policy_is_immutable() -> None:
     with pytest.raises(AttributeError):
-        default_policy().forum.max_attempts = 1  # type: ignore[misc]
+        default_policy().forum.max_attempts = 1  # type: ignore[misc]  # the test checks that this assignment fails
 
 
 # --------------------------------------------------------------------------- decode errors
@@ -350,6 +350,7 @@ CASES: list[tuple[dict[str, Any], str]] = [
     ({"api.allowed_hosts": ["dev box"]}, 'api.allowed_hosts entry "dev box" must be a host name or host:port'),
     ({"api.allowed_origins": ["https://dash.test/path"]},
      'api.allowed_origins entry "https://dash.test/path" must be an origin such as https://host:port'),
+    ({"api.idempotency_ttl_hours": 0}, "api.idempotency_ttl_hours must be > 0"),
     ({"agent_profiles": []}, "agent_profiles must contain at least one entry"),
     ({"agent_profiles": [shell_profile(" ")]}, "agent_profiles[0].name cannot be empty"),
     ({"agent_profiles": [shell_profile("default-shell"), shell_profile("default-shell")]},

@@ -17,9 +17,9 @@ import pytest
 
 from metawsm.policy_compat import INERT_FIELDS, inert_warning
 from metawsm.transport.redis_process import free_tcp_port
-from support.http import auth_headers
 from support.agents import BRIEF_FLAGS, LONG_AGENT, PYTHON, RunsEnv, hermetic_git, make_repo
 from support.daemon import ServeProcess
+from support.http import auth_headers
 
 FIXTURE = Path(__file__).parent / "fixtures" / "go-policy.json"
 SECRET_URL = "redis://:s3cret@127.0.0.1:1/0"  # in the file only; the daemon uses METAWSM_REDIS_URL

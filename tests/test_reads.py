@@ -1,5 +1,6 @@
 """ForumReader against a real migrated SQLite file fed by the test pipeline (log, write model,
-projections, checkpoints): lists, detail, search, queues, seen markers, events, stats, debug."""
+projections, checkpoints): lists, detail, search, queues, events, stats, debug; and the seen
+markers the queues read (:mod:`metawsm.forum.seen`, the write side)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import base64
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from metawsm.forum.cursor import decode_thread_cursor, encode_thread_cursor, par
 from metawsm.forum.errors import ForumError, ThreadNotFound
 from metawsm.forum.projections.registry import PROJECTION_NAMES, create_projection
 from metawsm.forum.reads import ForumReader, ThreadFilters, Viewer
+from metawsm.forum.seen import mark_seen
 from metawsm.forum.views import EventPage, ThreadPage, ThreadView
 from metawsm.store import Database, write_transaction
 from support.forum_events import BASE_TIME, ForumEvents, ingest, write_log
@@ -336,7 +338,7 @@ def test_cursor_round_trip_and_garbage() -> None:
     empty_parts = base64.urlsafe_b64encode(b'[1, "", ""]').decode()
     for bad in ("", "!!!", "abc", "not a cursor", wrong_shape, wrong_version, empty_parts, cursor + "*", "x" * 5000, 7):
         with refused("invalid_cursor") as r:
-            decode_thread_cursor(bad)  # type: ignore[arg-type]
+            decode_thread_cursor(bad)  # type: ignore[arg-type]  # a bad cursor on purpose
         assert str(r.value) == "invalid cursor"
     assert parse_event_cursor(None) == 0 and parse_event_cursor("12") == 12 and parse_event_cursor(3) == 3
     for bad_event in (-1, "-1", "abc", "1.5", True, 2**64, "١٢"):
@@ -360,7 +362,7 @@ def test_unseen_queue_with_seen_markers(reader: ForumReader, conn: sqlite3.Conne
     assert unseen("carol") == [by_bob, by_alice]
     assert unseen("bob", "agent") == [by_bob, by_alice]  # same name, other viewer type: not him
 
-    marker = reader.mark_seen(by_alice, "human", "bob")
+    marker = mark_seen(conn, by_alice, "human", "bob")
     assert (marker.thread_id, marker.viewer_type, marker.viewer_id, marker.last_seen_event_sequence) == (
         by_alice, "human", "bob", 1,
     )
@@ -376,12 +378,12 @@ def test_unseen_queue_with_seen_markers(reader: ForumReader, conn: sqlite3.Conne
     assert reader.get_thread(by_alice, Viewer("human", "bob")).is_unseen is False
 
     # markers never move backwards
-    latest = reader.mark_seen(by_alice, "human", "bob")
+    latest = mark_seen(conn, by_alice, "human", "bob")
     assert latest.last_seen_event_sequence == 4
-    older = reader.mark_seen(by_alice, "human", "bob", sequence=2)
+    older = mark_seen(conn, by_alice, "human", "bob", sequence=2)
     assert older.last_seen_event_sequence == 4 and older.seen_at == latest.seen_at
-    assert reader.mark_seen(by_alice, "human", "bob", sequence=0).last_seen_event_sequence == 4
-    assert reader.mark_seen(by_alice, "human", "bob", sequence=9).last_seen_event_sequence == 9
+    assert mark_seen(conn, by_alice, "human", "bob", sequence=0).last_seen_event_sequence == 4
+    assert mark_seen(conn, by_alice, "human", "bob", sequence=9).last_seen_event_sequence == 9
 
     # closed threads are never in the queue
     ev.close(by_bob, actor_type="operator", actor_name="op")
@@ -392,15 +394,20 @@ def test_unseen_queue_with_seen_markers(reader: ForumReader, conn: sqlite3.Conne
 
 def test_mark_seen_errors(reader: ForumReader, conn: sqlite3.Connection) -> None:
     with pytest.raises(ThreadNotFound):
-        reader.mark_seen("fthr_nope", "human", "bob")
+        mark_seen(conn, "fthr_nope", "human", "bob")
     ev = ForumEvents()
     tid = ev.open().envelope.thread_id
     ingest(conn, ev.take())
     for vtype, vid, seq in (("robot", "x", None), ("human", "", None), ("human", "bob", -1), ("human", "bob", "3"), ("human", "bob", True)):
         with refused("invalid_value"):
-            reader.mark_seen(tid, vtype, vid, seq)
+            mark_seen(conn, tid, vtype, vid, seq)
     assert conn.execute("SELECT count(*) FROM forum_thread_reads").fetchone()[0] == 0
     assert not conn.in_transaction
+
+
+def test_the_reader_only_reads(reader: ForumReader) -> None:
+    # Seen markers are a write: metawsm.forum.seen.mark_seen, through ForumService.mark_seen.
+    assert not hasattr(reader, "mark_seen")
 
 
 def test_unanswered_queue(reader: ForumReader, conn: sqlite3.Connection) -> None:
@@ -570,7 +577,7 @@ def test_projection_checkpoints_and_lag(reader: ForumReader, conn: sqlite3.Conne
 
 
 def test_outbox_parked_and_debug_lists(database: Database, conn: sqlite3.Connection) -> None:
-    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     reader = ForumReader(conn, now=lambda: now)
     empty = reader.outbox_stats()
     assert (empty.pending_count, empty.parked_count, empty.oldest_pending_at, empty.oldest_pending_age_seconds) == (0, 0, None, 0.0)

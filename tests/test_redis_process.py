@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from support.processes import unlink_prefix
-
 from metawsm.transport.redis_process import (
     RedisProcess,
     RedisServerNotFound,
@@ -18,6 +16,7 @@ from metawsm.transport.redis_process import (
     SocketPathTooLong,
     redis_server_available,
 )
+from support.processes import unlink_prefix
 
 
 def _ping(url: str) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from metawsm import __version__
 from metawsm.runs.agent_env import AgentIdentity, agent_env, install_shim, shim_dir, shim_text
-from support.agents import PATH_AGENT, path_without_metawsm, runs_env  # noqa: F401 - runs_env is a fixture
+from support.agents import PATH_AGENT, path_without_metawsm
 
 IDENTITY = AgentIdentity(run_id="run_1", ticket="T-1", agent="agent", workspace="t-1-abcdef",
                          run_file="/w/t-1-abcdef/.metawsm/run.json")
@@ -118,7 +118,7 @@ def test_the_agent_path_defaults_to_the_daemons_own_path(tmp_path: Path) -> None
 # -- in a real pane --------------------------------------------------------------------------------
 
 
-def test_an_agent_pane_runs_the_daemons_metawsm_although_the_daemons_path_has_none(runs_env) -> None:  # noqa: F811
+def test_an_agent_pane_runs_the_daemons_metawsm_although_the_daemons_path_has_none(runs_env) -> None:
     question = "Which database should I use?"
     env = runs_env(agent=PATH_AGENT, question=question)
     assert shutil.which("metawsm", path=env.serve.env["PATH"]) is None  # as if started by full path

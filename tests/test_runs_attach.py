@@ -7,7 +7,7 @@ import shlex
 import subprocess
 from typing import Any
 
-from support.agents import LONG_AGENT, PYTHON, PtySession, RunsEnv, runs_env  # noqa: F401 - runs_env is a fixture
+from support.agents import LONG_AGENT, PYTHON, PtySession, RunsEnv
 
 TWO_AGENTS = {
     "agents": [{"name": "agent", "profile": "script"}, {"name": "reviewer", "profile": "script"}],
@@ -32,7 +32,7 @@ def _error(result: subprocess.CompletedProcess[str]) -> tuple[int, str]:
     return result.returncode, result.stderr
 
 
-def test_attach_off_a_terminal_prints_a_command_that_names_the_agents_live_session(runs_env) -> None:  # noqa: F811
+def test_attach_off_a_terminal_prints_a_command_that_names_the_agents_live_session(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT)
     run = _run(env, "T-1")
     session = run["agents"][0]["session"]
@@ -58,7 +58,7 @@ def test_attach_off_a_terminal_prints_a_command_that_names_the_agents_live_sessi
            "resume or restart the run first\n")
 
 
-def test_attach_refuses_what_does_not_name_exactly_one_agent_with_exit_2(runs_env) -> None:  # noqa: F811
+def test_attach_refuses_what_does_not_name_exactly_one_agent_with_exit_2(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT, policy=TWO_AGENTS)
     run = _run(env, "T-1")
     run_id = run["run_id"]
@@ -80,7 +80,7 @@ def test_attach_refuses_what_does_not_name_exactly_one_agent_with_exit_2(runs_en
         assert f"attach: tmux -L {env.socket} attach-session -t ={session}" in status
 
 
-def test_attach_picks_the_agents_session_for_the_ticket_in_a_run_with_several(runs_env) -> None:  # noqa: F811
+def test_attach_picks_the_agents_session_for_the_ticket_in_a_run_with_several(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT)
     run = _run(env, "T-1", "T-2")
     run_id = run["run_id"]
@@ -95,7 +95,7 @@ def test_attach_picks_the_agents_session_for_the_ticket_in_a_run_with_several(ru
         2, f'error: agent "agent" of run {run_id} works on several tickets (T-1, T-2); choose one with --ticket\n')
 
 
-def test_attach_on_a_terminal_becomes_a_tmux_client_of_the_agents_session(runs_env) -> None:  # noqa: F811
+def test_attach_on_a_terminal_becomes_a_tmux_client_of_the_agents_session(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT)
     session = _run(env, "T-1")["agents"][0]["session"]
     terminal = PtySession([PYTHON, "-m", "metawsm", "attach", "--ticket", "T-1"], env.repo,
@@ -110,7 +110,7 @@ def test_attach_on_a_terminal_becomes_a_tmux_client_of_the_agents_session(runs_e
         terminal.close()
 
 
-def test_attach_inside_a_pane_of_the_same_server_switches_that_client(runs_env) -> None:  # noqa: F811
+def test_attach_inside_a_pane_of_the_same_server_switches_that_client(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT)
     session = _run(env, "T-1")["agents"][0]["session"]
     # An operator's session on the agents' server; its pane runs attach once Enter is pressed.
@@ -128,7 +128,7 @@ def test_attach_inside_a_pane_of_the_same_server_switches_that_client(runs_env) 
         terminal.close()
 
 
-def test_attach_inside_another_tmux_prints_the_command_instead_of_nesting(runs_env) -> None:  # noqa: F811
+def test_attach_inside_another_tmux_prints_the_command_instead_of_nesting(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT)
     session = _run(env, "T-1")["agents"][0]["session"]
     terminal = PtySession([PYTHON, "-m", "metawsm", "attach", "--ticket", "T-1"], env.repo,

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from support.agents import (  # noqa: F401 - runs_env is a fixture
+from support.agents import (
     BRIEF,
     BRIEF_FLAGS,
     LONG_AGENT,
     PYTHON,
     PtySession,
     RunsEnv,
-    runs_env,
     worktree_paths,
 )
 
@@ -47,7 +46,7 @@ def test_bootstrap_non_interactive_missing_field(flag: str, label: str, tmp_path
                              "provide all fields via flags in non-interactive mode\n")
 
 
-def test_bootstrap_interactive_intake_on_a_terminal(runs_env) -> None:  # noqa: F811
+def test_bootstrap_interactive_intake_on_a_terminal(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT)
     session = PtySession([PYTHON, "-m", "metawsm", "bootstrap", "--ticket", "T-1", "--repos", env.repo_name,
                           "--goal", BRIEF["goal"]], env.repo, env.cli_env())
@@ -90,7 +89,7 @@ def _first_line(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout.splitlines()[0]
 
 
-def test_run_selection_restart_and_cleanup_options(runs_env) -> None:  # noqa: F811
+def test_run_selection_restart_and_cleanup_options(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT)
     older = _start(env, "T-7")
     newer = _start(env, "T-7")

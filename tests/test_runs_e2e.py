@@ -28,7 +28,6 @@ from support.agents import (
     branches,
     find_node,
     git,
-    runs_env,  # noqa: F401 - fixture
     worktree_paths,
 )
 
@@ -52,7 +51,7 @@ def _pid_alive(pid: int) -> bool:
 # -- 1. the whole bootstrap lifecycle ----------------------------------------------------------
 
 
-def test_bootstrap_guidance_completion_close_cleanup(runs_env) -> None:  # noqa: F811
+def test_bootstrap_guidance_completion_close_cleanup(runs_env) -> None:
     env = runs_env(agent=GUIDANCE_AGENT, done=DONE)
     started = env.cli("bootstrap", "--ticket", "T-1", "--repos", env.repo_name, *BRIEF_FLAGS, "--json")
     assert started.returncode == 0, started.stderr
@@ -125,7 +124,7 @@ def test_bootstrap_guidance_completion_close_cleanup(runs_env) -> None:  # noqa:
     assert env.snapshot(run_id)["agents"][0]["status"] == "cleaned"
 
 
-def test_agent_exiting_0_after_completion_is_stopped_not_dead(runs_env) -> None:  # noqa: F811
+def test_agent_exiting_0_after_completion_is_stopped_not_dead(runs_env) -> None:
     env = runs_env(agent=FINISH_AGENT, done=DONE)
     run = env.start_run(mode="bootstrap", ticket="T-1")
     run_id = run["run_id"]
@@ -140,7 +139,7 @@ def test_agent_exiting_0_after_completion_is_stopped_not_dead(runs_env) -> None:
 # -- 2. stop and resume --------------------------------------------------------------------------
 
 
-def test_stop_and_resume(runs_env) -> None:  # noqa: F811
+def test_stop_and_resume(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT)
     started = env.cli("run", "--ticket", "T-2", "--repos", env.repo_name, "--json")
     assert started.returncode == 0, started.stderr
@@ -179,7 +178,7 @@ def test_stop_and_resume(runs_env) -> None:  # noqa: F811
 # -- 3. agents dying: restarted within budget; budget exhausted fails the agent and the run -------
 
 
-def test_agent_killed_from_outside_is_restarted(runs_env) -> None:  # noqa: F811
+def test_agent_killed_from_outside_is_restarted(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT, policy={"operator": {"restart_budget_reset_seconds": 3}})
     run = env.start_run(ticket="T-3")
     run_id, session = run["run_id"], run["agents"][0]["session"]
@@ -213,7 +212,7 @@ def test_agent_killed_from_outside_is_restarted(runs_env) -> None:  # noqa: F811
     assert find_node(env.actors(run_id), "TmuxAgent[agent]")["details"]["restarts_left"] == 3
 
 
-def test_silent_agent_goes_idle_then_stalled_without_restarts(runs_env) -> None:  # noqa: F811
+def test_silent_agent_goes_idle_then_stalled_without_restarts(runs_env) -> None:
     env = runs_env(agent=QUIET_AGENT, policy={"health": {"idle_seconds": 0.6, "activity_stalled_seconds": 1.5}})
     run = env.start_run(ticket="T-3")
     run_id, session = run["run_id"], run["agents"][0]["session"]
@@ -237,7 +236,7 @@ def test_silent_agent_goes_idle_then_stalled_without_restarts(runs_env) -> None:
     env.wait_agent(run_id, lambda a: a.get("health") == "healthy", "healthy after output", timeout=5)
 
 
-def test_restart_budget_exhausted_fails_agent_and_bootstrap_run(runs_env) -> None:  # noqa: F811
+def test_restart_budget_exhausted_fails_agent_and_bootstrap_run(runs_env) -> None:
     env = runs_env(agent=CRASH_AGENT, policy={"operator": {"restart_budget": 2}})
     run = env.start_run(mode="bootstrap", ticket="T-4")
     run_id, workspace = run["run_id"], run["agents"][0]["workspace"]
@@ -262,7 +261,7 @@ def test_restart_budget_exhausted_fails_agent_and_bootstrap_run(runs_env) -> Non
 # -- 4. the daemon dies (SIGKILL) and comes back: it re-attaches ---------------------------------
 
 
-def test_daemon_killed_and_restarted_reattaches_to_live_sessions(runs_env) -> None:  # noqa: F811
+def test_daemon_killed_and_restarted_reattaches_to_live_sessions(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT)
     run = env.start_run(ticket="T-5")
     run_id, session = run["run_id"], run["agents"][0]["session"]
@@ -319,7 +318,7 @@ def _row_counts(env: RunsEnv) -> dict[str, int]:
         return {table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in RUN_TABLES}
 
 
-def test_dry_run_leaves_no_trace(runs_env) -> None:  # noqa: F811
+def test_dry_run_leaves_no_trace(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT)
     before_files = sorted(p.relative_to(env.daemon_dir) for p in env.daemon_dir.rglob("*")
                           if ".metawsm/metawsm.db" not in str(p) and p.name != "serve.log")
@@ -362,7 +361,7 @@ metawsm forum signal --run-id RUN_ID --ticket METAWSM-002 --agent-name agent --t
 """
 
 
-def test_runbook_bring_up(runs_env) -> None:  # noqa: F811
+def test_runbook_bring_up(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT, repo="metawsm")
     started = env.cli("bootstrap", "--ticket", "METAWSM-002", "--repos", "metawsm", "--doc-home-repo", "metawsm",
                       *BRIEF_FLAGS)
@@ -402,7 +401,7 @@ def test_runbook_bring_up(runs_env) -> None:  # noqa: F811
 # -- 9. guidance_request -> awaiting_guidance latency ---------------------------------------------
 
 
-def test_guidance_request_latency(runs_env) -> None:  # noqa: F811
+def test_guidance_request_latency(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT)
     run = env.start_run(ticket="T-9")
     run_id = run["run_id"]

@@ -19,7 +19,7 @@ from metawsm.runs.gates import close_blockers
 from metawsm.runs.model import BriefRequest, RunRequest
 from metawsm.runs.planner import plan_run
 from metawsm.store import Database, write_transaction
-from support.agents import BRIEF, BRIEF_FLAGS, DONE, LONG_AGENT, RunsEnv, git, runs_env  # noqa: F401
+from support.agents import BRIEF, BRIEF_FLAGS, DONE, LONG_AGENT, RunsEnv, git
 
 # -- the gate function on a prepared database -----------------------------------------------------
 
@@ -35,7 +35,7 @@ def _insert(conn: sqlite3.Connection, mode: str = "bootstrap", *, brief: dict[st
     plan = plan_run(request, policy_from_mapping(data), policy_path="", server_url="http://x", base_dir=base_dir)
     stored_brief = plan.brief
     if mode == "bootstrap" and brief is not None:
-        stored_brief = None if brief == {} else type(plan.brief)(**{**BRIEF, **brief})  # type: ignore[misc]
+        stored_brief = None if brief == {} else type(plan.brief)(**{**BRIEF, **brief})  # type: ignore[misc]  # the brief's type, built from a dict
     with write_transaction(conn):
         store.insert_run(conn, plan.spec, plan.steps, [(s.agent, s.workspace, s.session, s.workspace_path)
                                                       for s in plan.slots], stored_brief)
@@ -148,7 +148,7 @@ def _blocked(env: RunsEnv, run_id: str, message: str) -> None:
     assert env.snapshot(run_id)["status"] != "closed"
 
 
-def test_close_gates_through_the_cli(runs_env) -> None:  # noqa: F811
+def test_close_gates_through_the_cli(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT)
     started = env.cli("bootstrap", "--ticket", "T-1", "--repos", env.repo_name, *BRIEF_FLAGS, "--json")
     assert started.returncode == 0, started.stderr

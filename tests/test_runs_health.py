@@ -28,7 +28,7 @@ TH = Thresholds(poll_seconds=1, idle_seconds=10, activity_stalled_seconds=30,
 def obs(at: float, **kw: object) -> Observation:
     kw.setdefault("last_activity", at)
     kw.setdefault("last_progress", at)
-    return Observation(at=at, **kw)  # type: ignore[arg-type]
+    return Observation(at=at, **kw)  # type: ignore[arg-type]  # keyword fields of several types
 
 
 # -- thresholds ------------------------------------------------------------------------------

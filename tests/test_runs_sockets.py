@@ -9,7 +9,7 @@ import pytest
 
 from metawsm.runs.sockets import tmux_socket_for
 from metawsm.waiting import wait_until
-from support.agents import LONG_AGENT, find_node, runs_env  # noqa: F401 - runs_env is a fixture
+from support.agents import LONG_AGENT, find_node
 
 AUTO = {"tmux": {"socket": "auto"}}
 PLANNER = "the planner stores tmux.socket as configured: plan_run must call tmux_socket_for(policy.tmux.socket, db)"
@@ -46,7 +46,7 @@ def test_different_databases_give_different_sockets(tmp_path: Path) -> None:
     assert len(names) == 50
 
 
-def test_two_daemons_with_auto_sockets_keep_their_agents_on_separate_tmux_servers(runs_env) -> None:  # noqa: F811
+def test_two_daemons_with_auto_sockets_keep_their_agents_on_separate_tmux_servers(runs_env) -> None:
     first, second = runs_env(agent=LONG_AGENT, policy=AUTO), runs_env(agent=LONG_AGENT, policy=AUTO)
     assert first.socket != second.socket
     assert first.socket == tmux_socket_for("auto", first.serve.db_path)
@@ -64,7 +64,7 @@ def test_two_daemons_with_auto_sockets_keep_their_agents_on_separate_tmux_server
     assert first.sessions() == [] and second.sessions() == [agent_two["session"]]
 
 
-def test_a_restarted_daemon_finds_its_auto_socket_again_and_re_attaches(runs_env) -> None:  # noqa: F811
+def test_a_restarted_daemon_finds_its_auto_socket_again_and_re_attaches(runs_env) -> None:
     env = runs_env(agent=LONG_AGENT, policy=AUTO)
     run = env.start_run(ticket="T-2")
     run_id, session = run["run_id"], run["agents"][0]["session"]

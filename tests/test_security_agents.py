@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from metawsm.waiting import wait_until
-from support.agents import PYTHON, QUIET_AGENT, RunsEnv, runs_env  # noqa: F401 - runs_env is a fixture
+from support.agents import PYTHON, QUIET_AGENT, RunsEnv
 from support.http import token_for
 
 QUESTION = "Which database should I use?"
@@ -132,7 +132,7 @@ def agent_may_not(message: str, run_id: str, ticket: str = "T-1", agent: str = "
 # -- 1. the token in the session ---------------------------------------------------------------------
 
 
-def test_each_agent_session_holds_its_own_agent_token_and_never_the_operators(runs_env) -> None:  # noqa: F811
+def test_each_agent_session_holds_its_own_agent_token_and_never_the_operators(runs_env) -> None:
     env = runs_env(agent=QUIET_AGENT, policy=TWO_AGENTS)
     runs = [env.start_run(ticket="T-1"), env.start_run(ticket="T-2")]
     sessions = [a["session"] for run in runs for a in run["agents"]]
@@ -156,7 +156,7 @@ def test_each_agent_session_holds_its_own_agent_token_and_never_the_operators(ru
 
 
 def test_in_session_commands_without_actor_flags_are_recorded_as_the_agent_and_the_operator_answers(
-        runs_env) -> None:  # noqa: F811
+        runs_env) -> None:
     env = runs_env(agent=ASKING_AGENT, question=QUESTION)
     run_id, session, _ = asking_run(env)
 
@@ -196,7 +196,7 @@ def test_in_session_commands_without_actor_flags_are_recorded_as_the_agent_and_t
 
 
 def test_an_agent_token_is_refused_everything_but_its_own_writes_and_reads_and_nothing_is_written(
-        runs_env) -> None:  # noqa: F811
+        runs_env) -> None:
     env = runs_env(agent=ASKING_AGENT, question=QUESTION)
     run_id, _, token = asking_run(env, "T-1")
     other_run, _, _ = asking_run(env, "T-2")
@@ -270,7 +270,7 @@ def test_an_agent_token_is_refused_everything_but_its_own_writes_and_reads_and_n
 # -- 6. the token ends with its run --------------------------------------------------------------------
 
 
-def test_closing_a_run_revokes_its_agents_tokens(runs_env) -> None:  # noqa: F811
+def test_closing_a_run_revokes_its_agents_tokens(runs_env) -> None:
     env = runs_env(agent=QUIET_AGENT, policy=TWO_AGENTS)
     run = env.start_run(ticket="T-1")
     other = env.start_run(ticket="T-2")
@@ -286,7 +286,7 @@ def test_closing_a_run_revokes_its_agents_tokens(runs_env) -> None:  # noqa: F81
     assert call(env, survivor, "GET", "/api/v1/forum/threads")[0] == 200  # other runs keep theirs
 
 
-def test_cleaning_up_a_run_revokes_its_agents_tokens(runs_env) -> None:  # noqa: F811
+def test_cleaning_up_a_run_revokes_its_agents_tokens(runs_env) -> None:
     env = runs_env(agent=QUIET_AGENT)
     run = env.start_run(ticket="T-1")
     token = session_token(env, run["agents"][0]["session"])
@@ -300,7 +300,7 @@ def test_cleaning_up_a_run_revokes_its_agents_tokens(runs_env) -> None:  # noqa:
 # -- 7. a restarted agent gets a new token --------------------------------------------------------------
 
 
-def test_a_restarted_agent_gets_a_new_token_and_the_old_one_is_revoked(runs_env) -> None:  # noqa: F811
+def test_a_restarted_agent_gets_a_new_token_and_the_old_one_is_revoked(runs_env) -> None:
     env = runs_env(agent=QUIET_AGENT)
     run = env.start_run(ticket="T-1")
     run_id, session = run["run_id"], run["agents"][0]["session"]
@@ -326,7 +326,7 @@ def test_a_restarted_agent_gets_a_new_token_and_the_old_one_is_revoked(runs_env)
     assert call(env, third, "GET", "/api/v1/forum/threads")[0] == 200
 
 
-def test_after_a_crash_restart_the_sessions_environment_holds_the_agents_current_token(runs_env) -> None:  # noqa: F811
+def test_after_a_crash_restart_the_sessions_environment_holds_the_agents_current_token(runs_env) -> None:
     # What anything started later in the session (a window the operator opens, a respawn) inherits.
     env = runs_env(agent=QUIET_AGENT)
     run = env.start_run(ticket="T-1")

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from support.agents import BRIEF, LONG_AGENT, RunsEnv, git, runs_env  # noqa: F401 - runs_env is a fixture
+from support.agents import BRIEF, LONG_AGENT, RunsEnv, git
 from support.browser import launched_chromium, log_in
 from support.http import token_for
 
@@ -117,7 +117,7 @@ class AttackerSite:
         site = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:
                 site.cookies.append(self.headers.get("Cookie", ""))
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -154,7 +154,7 @@ def site() -> Iterator[AttackerSite]:
 
 
 @pytest.fixture
-def target(runs_env: Callable[..., RunsEnv]) -> Target:  # noqa: F811
+def target(runs_env: Callable[..., RunsEnv]) -> Target:
     """One legitimate run started with the operator token, settled: its agent has made its commit and
     prints ticks, so SQLite, git and tmux no longer change by themselves."""
     env = runs_env(agent=LONG_AGENT)

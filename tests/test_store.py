@@ -104,6 +104,10 @@ CONTRACT: dict[str, set[str]] = {
     "events": {"id", "run_id", "at", "kind", "from_status", "to_status", "message"},
     "doc_sync_states": {"run_id", "ticket", "workspace", "status", "revision", "updated_at"},
     "agent_tokens": {"token_sha256", "run_id", "ticket", "agent_name", "created_at", "revoked_at"},
+    "api_idempotency_keys": {
+        "caller", "idempotency_key", "fingerprint", "method", "path", "thread_id", "event_id", "run_id",
+        "response_status", "response_body", "created_at", "answered_at",
+    },
 }
 
 PRIMARY_KEYS: dict[str, list[str]] = {
@@ -125,6 +129,7 @@ PRIMARY_KEYS: dict[str, list[str]] = {
     "run_briefs": ["run_id"],
     "doc_sync_states": ["run_id", "ticket", "workspace"],
     "agent_tokens": ["token_sha256"],
+    "api_idempotency_keys": ["caller", "idempotency_key"],
 }
 
 RUNBOOK_QUERIES = (
@@ -318,9 +323,9 @@ def test_upgrading_an_older_database_applies_only_what_is_missing(db_path: Path)
     assert migrate(conn, MIGRATIONS[:1]) == [1]
     names = set(sqlite_utils.Database(conn).table_names())
     assert "forum_threads" in names and "runs" not in names
-    assert migrate(conn) == [2, 3]
-    assert {*RUN_TABLES, "agent_tokens"} <= set(sqlite_utils.Database(conn).table_names())
-    assert current_version(conn) == 3
+    assert migrate(conn) == [2, 3, 4]
+    assert {*RUN_TABLES, "agent_tokens", "api_idempotency_keys"} <= set(sqlite_utils.Database(conn).table_names())
+    assert current_version(conn) == 4
     conn.close()
 
 
@@ -439,6 +444,7 @@ def test_declared_indexes_and_integer_sequence(migrated: Path) -> None:
     assert ((("run_id", "ordinal"), True)) in index_columns("run_steps")
     assert ((("run_id", "id"), False)) in index_columns("events")
     assert ((("thread_id",), True)) in index_columns("forum_control_threads")
+    assert ((("created_at",), False)) in index_columns("api_idempotency_keys")  # the expiry sweep
     schema = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'forum_events'").fetchone()[0]
     assert '"sequence" INTEGER PRIMARY KEY' in schema and "AUTOINCREMENT" not in schema.upper()
     conn.close()

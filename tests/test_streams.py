@@ -105,7 +105,7 @@ def _in_thread(call: Callable[[], T]) -> tuple[threading.Thread, dict[str, Any]]
         started = time.monotonic()
         try:
             outcome["value"] = call()
-        except BaseException as error:  # handed to the test thread
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread, which re-raises it
             outcome["error"] = error
         outcome["elapsed"] = time.monotonic() - started
 
@@ -146,6 +146,7 @@ def test_redact_url_hides_password() -> None:
     assert redact_url("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert redact_url("redis://user:pw@host/1") == "redis://user:***@host/1"
     assert redact_url("unix:///tmp/r.sock?db=0") == "unix:///tmp/r.sock?db=0"
+    assert redact_url("unix:///tmp/r.sock?db=0&password=s3cret") == "unix:///tmp/r.sock?db=0&password=***"
 
 
 # -- publish / read / ack ------------------------------------------------------------------
@@ -617,15 +618,32 @@ def test_restarted_daemon_on_same_database_takes_over(
     claims: Callable[..., NamespaceClaim], tmp_path: Path
 ) -> None:
     old = claims(tmp_path / "same.db", pid=100)
-    new = claims(tmp_path / "same.db", pid=200)
+    new = claims(tmp_path / "same.db", pid=200, holds_database_lock=True)  # the lock proves old is dead
     old.claim()
     record = new.claim()
     assert record.pid == 200
     assert new.current_owner() == record
     with pytest.raises(NamespaceTaken, match="pid 200"):
         old.refresh()
+    assert old.lost is not None
+    with pytest.raises(NamespaceTaken, match="pid 200"):
+        old.refresh()  # lost for good: the same error every time, never "refresh() before claim()"
     assert old.release() is False  # must not delete the new daemon's claim
     assert new.current_owner() == record
+
+
+def test_the_same_database_cannot_take_over_without_its_lock_nor_from_another_host(
+    claims: Callable[..., NamespaceClaim], tmp_path: Path
+) -> None:
+    live = claims(tmp_path / "same.db", pid=100, holds_database_lock=True)
+    intruder = claims(tmp_path / "same.db", pid=200)  # same database, lock not held
+    elsewhere = claims(tmp_path / "same.db", pid=300, host="another-host", holds_database_lock=True)
+    record = live.claim()
+    for contender in (intruder, elsewhere):
+        with pytest.raises(NamespaceTaken, match="pid 100"):
+            contender.claim()
+    assert live.refresh() is False and live.lost is None
+    assert live.current_owner() == record
 
 
 def test_concurrent_claims_have_one_winner(claims: Callable[..., NamespaceClaim], tmp_path: Path) -> None:

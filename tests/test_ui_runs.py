@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from metawsm.waiting import wait_until
-from support.agents import RunsEnv, find_node, git, runs_env  # noqa: F401 - runs_env is a fixture
+from support.agents import RunsEnv, find_node, git
 from support.browser import DESKTOP, SCREENSHOTS, VIEWER, announce, launched_chromium, log_in, record_page_problems
 
 pytestmark = pytest.mark.browser  # `make test BROWSER=0` deselects these
@@ -66,7 +66,7 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def env(runs_env: Callable[..., RunsEnv], redis_namespace: str) -> Iterator[RunsEnv]:  # noqa: F811
+def env(runs_env: Callable[..., RunsEnv], redis_namespace: str) -> Iterator[RunsEnv]:
     """The daemon, repo and script agent; on teardown the daemon stops and its tmux server dies."""
     started = runs_env(agent=ASKING_AGENT, question=QUESTION, context=CONTEXT)
     assert started.socket == f"mw-{redis_namespace}"  # the policy's private tmux server

@@ -22,7 +22,7 @@ class AsyncReply:
         self._future: asyncio.Future[Any] = loop.create_future()
 
     @property
-    def future(self) -> "asyncio.Future[Any]":
+    def future(self) -> asyncio.Future[Any]:
         return self._future
 
     def resolve(self, value: Any) -> None:

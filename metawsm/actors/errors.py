@@ -8,6 +8,8 @@ decides what happens next ("let it crash").
 
 from __future__ import annotations
 
+from metawsm.cli import exit_codes
+
 
 class ActorError(Exception):
     """Base class for failures of the actor runtime itself."""
@@ -51,13 +53,36 @@ class InjectedFault(RuntimeError):
 class Refusal(Exception):
     """An expected, caller-caused error: returned to the caller, never crashes the actor.
 
-    ``code`` is the snake_case error code the HTTP layer reports.
+    ``code`` is the snake_case error code the HTTP layer reports and ``status`` its HTTP status
+    (400 unless the class or the raise says otherwise); both are in docs/api.md's Errors table.
+    A subclass states its ``code`` and ``status`` as class attributes, and one raise may override
+    either (``RunError(message, code="invalid_run")``): subclasses need no constructor of
+    their own.
+
+    ``exit_code`` is what the CLI exits with when this refusal reaches it (docs/cli.md): 2 for
+    a 4xx (bad usage), 1 otherwise, except the codes listed in :mod:`metawsm.cli.exit_codes`
+    (``close_blocked``).  That table is the one the CLI reads too: it only sees the code.
     """
 
     code: str = "refused"
+    status: int = 400
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if status is not None:
+            self.status = status
+
+    @property
+    def exit_code(self) -> int:
+        return exit_codes.for_error(self.status, self.code)
+
+
+class IdempotencyKeyReused(Refusal):
+    """An ``Idempotency-Key`` sent again with another request (method, path, body) than the
+    one it was first used for (metawsm/idempotency_keys.py)."""
+
+    code = "idempotency_key_reused"
+    status = 409

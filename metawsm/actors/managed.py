@@ -13,7 +13,9 @@ an exception while answering an ``ask`` goes to the caller and the actor carries
   :class:`ActorUnavailable` instead of leaving the caller waiting for its timeout.
 
 Subclasses override :meth:`setup`, :meth:`handle`, :meth:`teardown` and :meth:`describe`
-and never the Pykka hooks.
+and never the Pykka hooks.  Each subclass's module declares its mailbox as a union of message
+Structs (``RelayMessage = WorkAvailable | Flush | ...``) and ``handle`` matches on it; see
+docs/messages.md.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pykka
 
+from metawsm.actors.bridge import CallbackReply
 from metawsm.actors.errors import ActorCrashed, ActorUnavailable, InjectedFault, Refusal
 from metawsm.actors.messages import ChildExited, Crash, FailureInfo, Ping, Request
 from metawsm.actors.stats import ActorStats
@@ -35,6 +39,10 @@ if TYPE_CHECKING:
     from metawsm.actors.system import ActorSystem
 
 log = logging.getLogger(__name__)
+
+# Every managed actor's mailbox starts with these two, answered (or raised) by the runtime
+# before ``handle()`` sees anything: ``Ping`` is a request answered "pong", ``Crash`` a tell.
+RuntimeMessage = Ping | Crash
 
 
 def failure_of(exc: BaseException) -> FailureInfo:
@@ -46,13 +54,13 @@ def failure_of(exc: BaseException) -> FailureInfo:
 class ActorContext:
     """What a supervisor hands to each incarnation of a child."""
 
-    system: "ActorSystem"
+    system: ActorSystem
     path: str
     child_id: str
     generation: int
     stats: ActorStats
     started: threading.Event
-    notify_parent: Callable[[ChildExited], None]
+    notify_parent: Callable[[ChildExited], object]
 
 
 class DeferredReply:
@@ -72,6 +80,7 @@ class ManagedActor(pykka.ThreadingActor):
         self.path = ctx.path
         self._exit_reported = False
         self._current_reply: Any = None
+        self._postponed: list[Any] = []  # messages (or Request envelopes) set aside by postpone()
 
     # -- hooks for subclasses -------------------------------------------------------------
 
@@ -95,6 +104,46 @@ class ManagedActor(pykka.ThreadingActor):
         """Take over the current request's reply handle; ``handle`` must then return DEFERRED."""
         reply, self._current_reply = self._current_reply, None
         return reply
+
+    def reply_to_self(
+        self, on_value: Callable[[Any], Any], on_error: Callable[[BaseException], Any]
+    ) -> CallbackReply:
+        """A reply handle for a request this actor sends without waiting: the answer comes back
+        into this actor's mailbox as the message ``on_value(value)`` or ``on_error(error)``.
+
+        Both builders run on the *answering* actor's thread, so they must only build a message
+        (no access to this actor's state).  Send it with ``ref.tell(Request(body, handle))`` or
+        :meth:`Supervisor.tell_child`.  An answer that arrives after this incarnation died is
+        dropped.
+        """
+        ref = self.actor_ref
+
+        def deliver(message: Any) -> None:
+            try:
+                ref.tell(message)
+            except pykka.ActorDeadError:
+                pass
+
+        return CallbackReply(lambda value: deliver(on_value(value)), lambda error: deliver(on_error(error)))
+
+    def postpone(self, message: Any) -> DeferredReply:
+        """Set ``message`` (with its reply handle, if it is a request) aside; ``handle`` returns
+        what this returns.  :meth:`replay_postponed` handles the postponed messages later, in
+        order, as if they arrived then.  Whatever is still set aside when this incarnation stops
+        or crashes fails like its mailbox (:class:`ActorUnavailable`)."""
+        reply = self.defer_reply()
+        self._postponed.append(message if reply is None else Request(body=message, reply=reply))
+        return DEFERRED
+
+    def replay_postponed(self) -> None:
+        """Handle the postponed messages now, oldest first.  A message that ``handle``
+        postpones again goes back in line, still ahead of anything postponed after it."""
+        pending, self._postponed = self._postponed, []
+        for index, envelope in enumerate(pending):
+            if self.actor_stopped.is_set():  # a replayed message crashed or stopped this actor
+                self._fail_requests(pending[index:], ActorUnavailable(self.path, "stopped"))
+                return
+            self.on_receive(envelope)
 
     def tell_self(self, message: Any) -> None:
         try:
@@ -141,10 +190,15 @@ class ManagedActor(pykka.ThreadingActor):
             reply = message.reply
             message = message.body
         self._current_reply = reply
+        result: Any
         try:
-            if type(message) is Crash:
-                raise InjectedFault(message.reason)
-            result = "pong" if type(message) is Ping else self.handle(message)
+            match message:
+                case Crash(reason=reason):
+                    raise InjectedFault(reason)
+                case Ping():
+                    result = "pong"
+                case _:
+                    result = self.handle(message)
         except Refusal as refusal:
             self.ctx.stats.processed += 1
             if self._current_reply is not None:
@@ -170,7 +224,7 @@ class ManagedActor(pykka.ThreadingActor):
         failure = None
         try:
             self.teardown()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - a teardown failure is logged; the stop goes on
             failure = failure_of(exc)
             log.warning("%s failed while stopping: %s", self.path, failure.message)
         self.system.directory.unbind(self.path, self.actor_ref, state="stopped")
@@ -197,7 +251,7 @@ class ManagedActor(pykka.ThreadingActor):
         self.actor_stopped.set()
         try:
             self.teardown()
-        except BaseException:  # noqa: BLE001 - best effort after a crash
+        except BaseException:
             log.debug("%s teardown after crash failed", self.path, exc_info=True)
         self._drain_mailbox()
         # Report last, as a clean stop does: the parent must not start a replacement while
@@ -213,22 +267,30 @@ class ManagedActor(pykka.ThreadingActor):
             self.ctx.notify_parent(
                 ChildExited(child_id=self.ctx.child_id, generation=self.ctx.generation, failure=failure)
             )
-        except Exception:  # noqa: BLE001 - a dead parent has its own supervisor
+        except Exception:
             log.debug("%s could not report its exit", self.path, exc_info=True)
 
     def _drain_mailbox(self) -> None:
-        """Fail every queued request now, rather than letting callers wait for a timeout."""
+        """Fail every queued or postponed request now, rather than letting callers wait for a timeout."""
         gone = ActorUnavailable(self.path, "stopped")
+        postponed, self._postponed = self._postponed, []
+        self._fail_requests(postponed, gone)
         while True:
             try:
-                envelope = self.actor_inbox.get_nowait()  # type: ignore[attr-defined]
+                envelope = self.actor_inbox.get_nowait()  # type: ignore[attr-defined]  # pykka's inbox is a queue.Queue (untyped)
             except queue.Empty:
                 return
             message = envelope.message
             if type(message) is Request:
                 message.reply.fail(gone)
             if envelope.reply_to is not None:
-                if isinstance(message, pykka.messages._ActorStop):  # noqa: SLF001
+                if isinstance(message, pykka.messages._ActorStop):
                     envelope.reply_to.set(None)
                 else:
                     envelope.reply_to.set_exception(exc_info=(ActorUnavailable, gone, None))
+
+    @staticmethod
+    def _fail_requests(envelopes: list[Any], error: BaseException) -> None:
+        for envelope in envelopes:
+            if type(envelope) is Request:
+                envelope.reply.fail(error)

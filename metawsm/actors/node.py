@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import msgspec
@@ -23,9 +24,9 @@ class ActorNode(msgspec.Struct, kw_only=True):
     processed: int = 0
     mailbox: int = 0
     details: dict[str, Any] = msgspec.field(default_factory=dict)
-    children: list["ActorNode"] = msgspec.field(default_factory=list)
+    children: list[ActorNode] = msgspec.field(default_factory=list)
 
-    def find(self, path: str) -> "ActorNode | None":
+    def find(self, path: str) -> ActorNode | None:
         if self.path == path:
             return self
         for child in self.children:
@@ -34,7 +35,7 @@ class ActorNode(msgspec.Struct, kw_only=True):
                 return found
         return None
 
-    def walk(self):
+    def walk(self) -> Iterator[ActorNode]:
         yield self
         for child in self.children:
             yield from child.walk()

@@ -20,7 +20,11 @@ CHECK_SECONDS = 1.0
 
 
 class _Check(msgspec.Struct, frozen=True):
-    pass
+    """The actor's own once-a-second liveness check of the process."""
+
+
+# A single tell: _Check, the actor's own.
+RedisServerMessage = _Check
 
 
 class RedisServerGone(RuntimeError):
@@ -38,11 +42,13 @@ class RedisServer(ManagedActor):
         self.tell_self_every(CHECK_SECONDS, _Check())
 
     def handle(self, message: Any) -> Any:
-        if isinstance(message, _Check):
-            if not self.process.is_running():
-                raise RedisServerGone(f"embedded redis-server (pid {self.process.pid}) exited")
-            return None
-        return super().handle(message)
+        match message:
+            case _Check():
+                if not self.process.is_running():
+                    raise RedisServerGone(f"embedded redis-server (pid {self.process.pid}) exited")
+                return None
+            case _:
+                return super().handle(message)
 
     def describe(self) -> dict[str, Any]:
         return {"url": self.process.url, "pid": self.process.pid, "log": str(self.process.log_path)}

@@ -7,7 +7,8 @@ mailbox: the actor writes plain attributes (atomic under the GIL) and readers co
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from metawsm.actors.messages import FailureInfo
 
@@ -31,5 +32,5 @@ class ActorStats:
     def details(self) -> dict[str, Any]:
         try:
             return dict(self.describe())
-        except Exception as exc:  # a describe() bug must not break the whole tree
+        except Exception as exc:  # noqa: BLE001 - a describe() bug must not break the whole tree
             return {"describe_error": repr(exc)}

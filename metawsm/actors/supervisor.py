@@ -13,6 +13,11 @@ strategy:
   stops its children and fails upward (for the root: the system reports ``failed``);
 * the first restart after a quiet period is immediate; consecutive failures of one child
   are delayed by ``backoff_initial_ms`` doubling up to ``backoff_max_ms``.
+
+A subclass that manages its own children (the RunSupervisor, a Run) uses the public API
+below, on its own thread: :meth:`Supervisor.children`, :meth:`Supervisor.child`,
+:meth:`Supervisor.start_child`, :meth:`Supervisor.remove_child` and
+:meth:`Supervisor.tell_child`.  Slots and their refs stay private to this module.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import msgspec
 import pykka
@@ -42,6 +48,12 @@ from metawsm.actors.stats import ActorStats
 from metawsm.clock import now_text
 
 log = logging.getLogger("metawsm.supervision")
+
+# The mailbox of every supervisor (subclasses add their own messages in front of it).
+# Tells: ChildExited (a child's exit report), RestartChildren (a backoff delay elapsed),
+# SweepChildren (the periodic safety sweep).  Requests: StartChild -> the child's path
+# (Refusal "conflict" / "start_failed"), StopChild -> True, or False when there was no such child.
+SupervisorMessage = ChildExited | RestartChildren | SweepChildren | StartChild | StopChild
 
 SWEEP_SECONDS = 1.0
 START_TIMEOUT_SECONDS = 30.0
@@ -79,7 +91,7 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
         restart: RestartType = RestartType.PERMANENT,
         shutdown_timeout: float = 5.0,
         **kwargs: Any,
-    ) -> "ChildSpec":
+    ) -> ChildSpec:
         def factory(ctx: ActorContext) -> pykka.ActorRef[Any]:
             return actor_class.start(ctx, *args, **kwargs)
 
@@ -108,6 +120,15 @@ class _Slot:
         self.restart_token = 0  # the pending delayed restart that may start this slot
 
 
+class ChildInfo(msgspec.Struct, frozen=True):
+    """A snapshot of one child, for supervisor subclasses (see :meth:`Supervisor.child`)."""
+
+    id: str
+    path: str
+    state: str  # running | restarting | stopped | failed
+    alive: bool  # an incarnation is running and can take messages
+
+
 def node_for(name: str, path: str, kind: str, state: str, stats: ActorStats) -> ActorNode:
     if state == "running" and stats.state in ("starting", "failed", "stopped"):
         state = stats.state
@@ -116,7 +137,7 @@ def node_for(name: str, path: str, kind: str, state: str, stats: ActorStats) -> 
         name=name,
         path=path,
         kind=kind,
-        state=state,  # type: ignore[arg-type]
+        state=state,  # type: ignore[arg-type]  # stats hold one of ActorNode's state literals
         urn=stats.urn,
         started_at=stats.started_at,
         restarts=stats.restarts,
@@ -174,23 +195,39 @@ class Supervisor(ManagedActor):
     # -- messages -------------------------------------------------------------------------
 
     def handle(self, message: Any) -> Any:
-        if isinstance(message, ChildExited):
-            self._on_child_exited(message)
-        elif isinstance(message, RestartChildren):
-            self._start_group(
-                [s for s in self._slots if s.spec.id in message.child_ids and s.restart_token == message.token]
-            )
-        elif isinstance(message, SweepChildren):
-            self._sweep()
-        elif isinstance(message, StartChild):
-            return self._start_child(message.spec)
-        elif isinstance(message, StopChild):
-            return self._remove_child(message.child_id)
-        else:
-            return super().handle(message)
+        match message:
+            case ChildExited():
+                self._on_child_exited(message)
+            case RestartChildren(child_ids=child_ids, token=token):
+                self._start_group([s for s in self._slots if s.spec.id in child_ids and s.restart_token == token])
+            case SweepChildren():
+                self._sweep()
+            case StartChild(spec=spec):
+                return self.start_child(spec)
+            case StopChild(child_id=child_id):
+                return self.remove_child(child_id)
+            case _:
+                return super().handle(message)
         return None
 
-    def _start_child(self, spec: ChildSpec) -> str:
+    # -- children: the API for subclasses (call on this supervisor's own thread) ------------
+
+    def children(self) -> list[ChildInfo]:
+        """Every child, in start order."""
+        return [self._info(slot) for slot in list(self._slots)]
+
+    def child(self, child_id: str) -> ChildInfo | None:
+        """The child with this id, or None when there is none (never started, or removed)."""
+        slot = self._slot(child_id)
+        return None if slot is None else self._info(slot)
+
+    def start_child(self, spec: ChildSpec) -> str:
+        """Add a child and start it (its ``setup()`` has returned when this returns); its path.
+
+        Raises :class:`Refusal` ``conflict`` when a child with that id exists (even one waiting
+        to restart) and ``start_failed`` when the factory itself failed.  A child whose
+        ``setup()`` fails is started all the same and then handled like any failed child.
+        """
         if any(s.spec.id == spec.id for s in self._slots):
             raise Refusal(f"child {spec.id} already exists under {self.path}", code="conflict")
         slot = self._add_slot(spec)
@@ -203,7 +240,9 @@ class Supervisor(ManagedActor):
             raise Refusal(f"could not start {spec.id} under {self.path}: {error}", code="start_failed") from error
         return slot.path
 
-    def _remove_child(self, child_id: str) -> bool:
+    def remove_child(self, child_id: str) -> bool:
+        """Stop the child (waiting up to its ``shutdown_timeout``) and forget its spec, so it is
+        never restarted; False when there is no such child."""
         slot = self._slot(child_id)
         if slot is None:
             return False
@@ -211,6 +250,18 @@ class Supervisor(ManagedActor):
         with self._lock:
             self._slots.remove(slot)
         return True
+
+    def tell_child(self, child_id: str, message: Any) -> bool:
+        """Tell the child's current incarnation ``message`` (a ``Request`` for an ask whose
+        answer comes back as a message: :meth:`ManagedActor.reply_to_self`); False when no
+        incarnation is alive to take it.  Never wait for a child's answer on this thread."""
+        slot = self._slot(child_id)
+        return slot is not None and slot.ref is not None and _tell_alive(slot.ref, message)
+
+    @staticmethod
+    def _info(slot: _Slot) -> ChildInfo:
+        ref = slot.ref
+        return ChildInfo(id=slot.spec.id, path=slot.path, state=slot.state, alive=ref is not None and ref.is_alive())
 
     # -- restart machinery ----------------------------------------------------------------
 

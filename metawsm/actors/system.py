@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import pykka
 
@@ -21,16 +22,24 @@ from metawsm.actors.stats import ActorStats
 from metawsm.actors.supervisor import ChildSpec, node_for
 from metawsm.clock import now_text
 
+if TYPE_CHECKING:  # the runtime never looks inside the services; importing them would pull in the store
+    from metawsm.services import Services
+
 log = logging.getLogger("metawsm.supervision")
 
 ROOT_PATH = "root"
 
 
 class SupervisionSettings(Protocol):
-    max_restarts: int
-    within_seconds: float
-    backoff_initial_ms: float
-    backoff_max_ms: float
+    # Read-only properties, so the frozen policy section and its int fields satisfy it.
+    @property
+    def max_restarts(self) -> int: ...
+    @property
+    def within_seconds(self) -> float: ...
+    @property
+    def backoff_initial_ms(self) -> float: ...
+    @property
+    def backoff_max_ms(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -56,20 +65,21 @@ class SystemEvents:
         for listener in list(self._listeners):
             try:
                 listener(path, failure)
-            except Exception:  # noqa: BLE001 - a listener bug must not break supervision
+            except Exception:
                 log.debug("restart listener failed", exc_info=True)
 
 
 class ActorSystem:
     """Owns the root supervisor and offers name-addressed ``tell``/``ask`` to the rest of the code.
 
-    ``services`` is an application object (database path, policy, ...) that actors reach
-    through ``self.system.services``; the runtime itself never looks inside it.
+    ``services`` is what the daemon's actors share (:class:`~metawsm.services.Services`:
+    database, policy, sinks, ...), reached as ``self.system.services``; the runtime itself never
+    looks inside it.  Only the runtime's own tests leave it out, and their actors never use it.
     """
 
-    def __init__(self, supervision: SupervisionSettings | None = None, services: Any = None) -> None:
+    def __init__(self, supervision: SupervisionSettings | None = None, services: Services | None = None) -> None:
         self.supervision = supervision or DefaultSupervision()
-        self.services = services
+        self.services: Services = cast("Services", services)
         self.directory = Directory()
         self.scheduler = Scheduler()
         self.events = SystemEvents()
@@ -80,6 +90,8 @@ class ActorSystem:
         self._root_spec: ChildSpec | None = None
         self._root_ref: pykka.ActorRef[Any] | None = None
         self._root_state = "stopped"
+        self._fail_lock = threading.Lock()
+        self._failing_stop: threading.Thread | None = None  # fail()'s stop of the tree
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -109,16 +121,40 @@ class ActorSystem:
                 ref.stop(block=True, timeout=timeout)
             except (pykka.Timeout, pykka.ActorDeadError):
                 log.warning("root supervisor did not stop within %.0fs", timeout)
+        if self._failing_stop is not None:
+            self._failing_stop.join(timeout)
         self.scheduler.stop()
 
-    def _root_exited(self, message: ChildExited) -> None:
-        if self._root_state != "running":
-            return
-        self._root_state = "failed" if message.failure else "stopped"
-        if message.failure is not None:
-            self.failure = message.failure
-            log.error("root supervisor failed: %s", message.failure.message)
+    def fail(self, failure: FailureInfo) -> bool:
+        """Fail the whole system for a reason no restart can cure (the stream namespace taken
+        by another daemon): like the root giving up, ``failed`` is set, health answers
+        ``failed`` with ``failure.message`` and ``serve`` exits.  The tree is stopped at once,
+        on a thread of its own, since the caller is usually one of its actors and could not
+        wait for its own stop; restarting it would only meet the same cause again.  Only the
+        first failure counts: False when the system had already failed."""
+        with self._fail_lock:
+            if self.failed.is_set():
+                return False
+            self._root_state = "failed"
+            self.failure = failure
+            log.error("the daemon cannot go on: %s", failure.message)
             self.failed.set()
+        ref, self._root_ref = self._root_ref, None
+        if ref is not None:
+            self._failing_stop = threading.Thread(target=_stop_quietly, args=(ref,), name="metawsm-fail-stop",
+                                                  daemon=True)
+            self._failing_stop.start()
+        return True
+
+    def _root_exited(self, message: ChildExited) -> None:
+        with self._fail_lock:
+            if self._root_state != "running":
+                return
+            self._root_state = "failed" if message.failure else "stopped"
+            if message.failure is not None:
+                self.failure = message.failure
+                log.error("root supervisor failed: %s", message.failure.message)
+                self.failed.set()
 
     # -- messaging ------------------------------------------------------------------------
 
@@ -156,7 +192,7 @@ class ActorSystem:
             raise ActorUnavailable(path, "restarting") from None
         try:
             return await asyncio.wait_for(reply.future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ActorTimeout(path, timeout) from None
 
     def crash(self, path: str, reason: str = "injected fault") -> None:
@@ -184,3 +220,10 @@ class ActorSystem:
             "restarting": sum(1 for n in nodes if n.state in ("restarting", "starting")),
             "restarts_total": self.events.restarts_total,
         }
+
+
+def _stop_quietly(ref: pykka.ActorRef[Any], timeout: float = 15.0) -> None:
+    try:
+        ref.stop(block=True, timeout=timeout)
+    except (pykka.Timeout, pykka.ActorDeadError):
+        log.warning("root supervisor did not stop within %.0fs", timeout)

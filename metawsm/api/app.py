@@ -6,6 +6,7 @@ import logging
 import uuid
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from metawsm.actors.errors import ActorError, Refusal
 from metawsm.api import auth_routes, forum_routes, policy_routes, runs_routes, stream, system_routes, web_routes
@@ -13,6 +14,7 @@ from metawsm.api.auth import AUTH, AuthSettings, authenticate
 from metawsm.api.codec import MAX_BODY_BYTES
 from metawsm.api.context import CONTEXT, ApiContext
 from metawsm.api.errors import ApiError, error_response
+from metawsm.api.idempotency import KEYS, IdempotencyKeys, idempotent_writes
 from metawsm.api.openapi import build_openapi
 from metawsm.api.registry import RouteTable
 from metawsm.api.security import EXPOSURE, Exposure, browser_guard, json_writes
@@ -34,17 +36,16 @@ def route_table() -> RouteTable:
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = request.app[CONTEXT].metrics
     try:
         return await handler(request)
     except ApiError as error:
         metrics.observe_error(error.status)
         return error_response(error.status, error.code, error.message)
-    except Refusal as error:  # ForumError, RunError, ...: the caller's fault
-        status = int(getattr(error, "status", 400))
-        metrics.observe_error(status)
-        return error_response(status, error.code, error.message)
+    except Refusal as error:  # ForumError, RunError, ...: the caller's fault; the class says the status
+        metrics.observe_error(error.status)
+        return error_response(error.status, error.code, error.message)
     except ActorError as error:
         metrics.observe_error(503)
         return error_response(503, "unavailable", str(error))
@@ -65,7 +66,7 @@ async def errors_middleware(request: web.Request, handler: web.Handler) -> web.S
             raise
         metrics.observe_error(error.status)
         return error_response(error.status, error.reason.lower().replace(" ", "_"), error.text or error.reason)
-    except Exception:  # noqa: BLE001 - a bug: log it with an id the client can quote
+    except Exception:
         request_id = uuid.uuid4().hex[:12]
         log.exception("internal error handling %s %s (request %s)", request.method, request.path, request_id)
         metrics.observe_error(500)
@@ -75,10 +76,18 @@ async def errors_middleware(request: web.Request, handler: web.Handler) -> web.S
 def build_app(ctx: ApiContext, exposure: Exposure, *, token_file: str = "") -> web.Application:
     """The API.  Middlewares run outermost first: every refusal (Host, Origin, token) gets the
     JSON error shape and is counted; the browser checks come before the token check, so they
-    hold with and without tokens."""
+    hold with and without tokens.  Keyed writes meet their ``Idempotency-Key`` last, once the
+    caller is known and the body is JSON."""
     app = web.Application(client_max_size=MAX_BODY_BYTES,
-                          middlewares=[errors_middleware, browser_guard, authenticate, json_writes])
+                          middlewares=[errors_middleware, browser_guard, authenticate, json_writes,
+                                       idempotent_writes])
     app[CONTEXT] = ctx
+    keys = app[KEYS] = IdempotencyKeys(ctx.services.db, ctx.services.policy.forum.write_wait_ms / 1000.0)
+
+    async def close_keys(_app: web.Application) -> None:
+        keys.close()
+
+    app.on_cleanup.append(close_keys)
     table = route_table()
     tokens = ctx.services.tokens if ctx.services.auth_enabled else None
     app[AUTH] = AuthSettings(tokens=tokens, token_file=token_file, access=table.access_by_handler())

@@ -77,7 +77,7 @@ def _unauthorized(settings: AuthSettings, what: str) -> ApiError:
 
 
 @web.middleware
-async def authenticate(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[AUTH]
     access = _route_access(request, settings)
     if access is Access.PUBLIC:
@@ -138,7 +138,7 @@ def speak_as(request: web.Request, body: T) -> T:
         raise forbidden(who, f"write as actor_type {claimed_type!r}")
     if claimed_name not in ("", who.agent):
         raise forbidden(who, f"write as actor_name {claimed_name!r}")
-    return msgspec.structs.replace(body, actor_type="agent", actor_name=who.agent)  # type: ignore[type-var]
+    return msgspec.structs.replace(body, actor_type="agent", actor_name=who.agent)  # type: ignore[type-var]  # every body here has actor_type and actor_name
 
 
 def confine_to_run(request: web.Request, *, run_id: str, ticket: str, agent_name: str | None = None) -> None:

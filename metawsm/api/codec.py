@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
 from metawsm.api.errors import ApiError
+from metawsm.text import describe_violation
 
 T = TypeVar("T")
 MAX_BODY_BYTES = 1024 * 1024
+# How deep objects and arrays may nest in a request body, the body itself counting as one
+# (docs/api.md).  No request of the API needs more than four; the decoder recurses once per level,
+# and a body nested a thousand deep would exhaust the handler's stack (RecursionError, a 500).
+MAX_NESTING = 32
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKET = re.compile(rb"[\[\]{}]")
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
@@ -29,18 +38,41 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
     raw = await request.read()
     if not raw.strip():
         raw = b"{}"
+    if _nests_too_deep(raw):
+        raise ApiError(400, "invalid_json", f"request body nests objects and arrays more than {MAX_NESTING} deep")
     decoder = _decoders.get(kind)
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as error:
-        raise ApiError(400, "invalid_json", f"invalid request body: {_readable(str(error))}") from None
+        text = describe_violation(str(error)) or _readable(str(error))
+        raise ApiError(400, "invalid_json", f"invalid request body: {text}") from None
+    except RecursionError:  # the depth check above keeps this from happening; never a 500 if it did
+        raise ApiError(400, "invalid_json", f"request body nests objects and arrays more than {MAX_NESTING} deep"
+                       ) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         # msgspec <0.23 raised UnicodeDecodeError for bad UTF-8 in a string, 0.23 raises a
         # DecodeError; either way the body is checked again only on this (rare) error path,
         # so a valid request pays nothing for the precise message.
         raise _decode_failure(raw, error) from None
+
+
+def _nests_too_deep(raw: bytes) -> bool:
+    """Whether the JSON text nests objects and arrays deeper than :data:`MAX_NESTING`.
+
+    A body with fewer brackets than that cannot, so the usual request pays two ``count`` calls;
+    otherwise strings are blanked (brackets inside them do not nest) and the rest is walked.
+    Malformed JSON may be miscounted: the decoder refuses it either way.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= MAX_NESTING:
+        return False
+    depth = 0
+    for bracket in _BRACKET.findall(_STRING.sub(b'""', raw)):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > MAX_NESTING:
+            return True
+    return False
 
 
 def _decode_failure(raw: bytes, error: Exception) -> ApiError:

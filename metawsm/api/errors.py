@@ -28,6 +28,10 @@ class ApiError(Exception):
 _encoder = msgspec.json.Encoder()
 
 
+def error_body(code: str, message: str) -> bytes:
+    """The bytes of an error answer (what an idempotent retry of a refused request repeats)."""
+    return _encoder.encode(ErrorResponse(ErrorBody(code=code, message=message)))
+
+
 def error_response(status: int, code: str, message: str) -> web.Response:
-    body = _encoder.encode(ErrorResponse(ErrorBody(code=code, message=message)))
-    return web.Response(status=status, body=body, content_type="application/json")
+    return web.Response(status=status, body=error_body(code, message), content_type="application/json")

@@ -6,15 +6,15 @@ import asyncio
 import time
 from typing import Any
 
-from aiohttp import web
-
 import msgspec
+from aiohttp import web
 
 from metawsm.actors.forum.messages import RebuildResult
 from metawsm.api.auth import confine_signal, confine_to_run, confine_viewer, identity, speak_as
 from metawsm.api.codec import json_response, parse_query, read_body
 from metawsm.api.context import context
 from metawsm.api.errors import ErrorResponse
+from metawsm.api.idempotency import claim_of
 from metawsm.api.registry import Access, Route
 from metawsm.api.schemas import (
     AcceptedResponse,
@@ -43,7 +43,9 @@ from metawsm.api.schemas import (
     ViewerQuery,
 )
 from metawsm.clock import now_text
+from metawsm.forum import registry
 from metawsm.forum.reads import ThreadFilters, Viewer
+from metawsm.forum.registry import WRITES, RegistryMismatch
 from metawsm.forum.requests import (
     AddPostRequest,
     AnswerRequest,
@@ -58,7 +60,7 @@ from metawsm.forum.requests import (
 )
 from metawsm.policy import redacted_redis_url
 
-THREAD = "/api/v1/forum/threads/{thread_id}"
+THREAD = registry.THREAD  # /api/v1/forum/threads/{thread_id}
 E400 = {400: ErrorResponse}
 E404 = {404: ErrorResponse}
 E503 = {503: ErrorResponse}  # an actor the request needs is restarting or gone (ActorError)
@@ -74,15 +76,18 @@ def _filters(query: Any) -> ThreadFilters:
 # -- writes ---------------------------------------------------------------------------------------
 
 
-async def _write(request: web.Request, body: Any, thread_id: str = "", default_actor_type: str = "human") -> web.Response:
+async def _write(
+    request: web.Request, body: Any, thread_id: str = "", default_actor_type: str = "human"
+) -> web.Response:
     ctx = context(request)
     started = time.perf_counter()
-    result = await ctx.forum.submit(body, thread_id, default_actor_type)
+    result = await ctx.forum.submit(body, thread_id, default_actor_type, idempotency=claim_of(request))
     ctx.metrics.observe_write(result.status, time.perf_counter() - started)
     if result.status == "accepted":
         return json_response(
             AcceptedResponse(accepted=True, thread_id=result.thread_id, event_id=result.event_id), status=202
         )
+    assert result.thread is not None, "an applied write always carries its thread"
     return json_response(ThreadResponse(thread=result.thread))
 
 
@@ -137,8 +142,8 @@ async def mark_seen(request: web.Request) -> web.Response:
     body = await read_body(request, SeenRequest)
     confine_viewer(request, body.viewer_type, body.viewer_id)
     thread_id = request.match_info["thread_id"]
-    marker = await context(request).forum.read_async(
-        lambda r: r.mark_seen(thread_id, body.viewer_type, body.viewer_id, body.last_seen_event_sequence)
+    marker = await context(request).forum.mark_seen(
+        thread_id, body.viewer_type, body.viewer_id, body.last_seen_event_sequence
     )
     return json_response(SeenResponse(seen=marker))
 
@@ -237,7 +242,7 @@ async def debug(request: web.Request) -> web.Response:
 
 async def rebuild(request: web.Request) -> web.Response:
     body = await read_body(request, RebuildRequest)
-    results: list[RebuildResult] = await context(request).forum.rebuild(body.projection.strip())
+    results: list[RebuildResult] = await context(request).forum.rebuild(body.projection)
     items = [RebuildItem(projection=r.projection, events_replayed=r.events_replayed,
                          last_sequence=r.last_sequence, duration_ms=r.duration_ms) for r in results]
     return json_response(RebuildResponse(rebuild=RebuildBody(projections=items)))
@@ -248,35 +253,59 @@ async def replay_parked(request: web.Request) -> web.Response:
     return json_response(ReplayResponse(message=ReplayedMessage(**result)))
 
 
+# The handler of each forum write (metawsm/forum/registry.py WRITES), and who may call it.
+WRITE_HANDLERS: dict[str, tuple[Any, Access | None]] = {
+    "open_thread": (open_thread, Access.AGENT),
+    "add_post": (add_post, Access.AGENT),
+    "answer": (answer, None),
+    "assign_thread": (assign, None),
+    "change_state": (change_state, None),
+    "set_priority": (set_priority, None),
+    "close_thread": (close_thread, None),
+    "control_signal": (control_signal, Access.AGENT),
+}
+
+
+def _write_routes() -> dict[str, Route]:
+    """One route per registered write: path, summary and body from the registry."""
+    missing = [w.name for w in WRITES if w.name not in WRITE_HANDLERS]
+    unknown = sorted(set(WRITE_HANDLERS) - {w.name for w in WRITES})
+    if missing or unknown:
+        raise RegistryMismatch(
+            f"metawsm/api/forum_routes.py WRITE_HANDLERS: no handler for {missing}, unknown writes {unknown}"
+            " (see metawsm/forum/registry.py)"
+        )
+    responses = {200: ThreadResponse, 202: AcceptedResponse, **E400, **E404, 409: ErrorResponse, **E503}
+    routes = {}
+    for spec in WRITES:
+        handler, access = WRITE_HANDLERS[spec.name]
+        routes[spec.name] = Route("POST", spec.path, handler, spec.summary, "forum", body=spec.request,
+                                  responses=responses, access=access)
+    return routes
+
+
 def routes() -> list[Route]:
-    write = {202: AcceptedResponse, **E400, **E404, 409: ErrorResponse, **E503}
+    write = _write_routes()
     return [
         Route("GET", "/api/v1/forum/threads", list_threads, "List threads, newest update first", "forum",
               query=ListThreadsQuery, responses={200: ThreadsResponse, **E400}),
-        Route("POST", "/api/v1/forum/threads", open_thread, "Open a thread (ask)", "forum",
-              body=OpenThreadRequest, responses={200: ThreadResponse, **write}, access=Access.AGENT),
+        write.pop("open_thread"),
         Route("GET", THREAD, thread_detail, "A thread with its posts and events", "forum",
               query=ViewerQuery, responses={200: ThreadDetailResponse, **E400, **E404}),
-        Route("POST", THREAD + "/posts", add_post, "Add a post", "forum",
-              body=AddPostRequest, responses={200: ThreadResponse, **write}, access=Access.AGENT),
-        Route("POST", THREAD + "/answer", answer, "Answer: post, then state answered", "forum",
-              body=AnswerRequest, responses={200: ThreadResponse, **write}),
-        Route("POST", THREAD + "/assign", assign, "Assign the thread", "forum",
-              body=AssignRequest, responses={200: ThreadResponse, **write}),
-        Route("POST", THREAD + "/state", change_state, "Change the thread's state", "forum",
-              body=ChangeStateRequest, responses={200: ThreadResponse, **write}),
-        Route("POST", THREAD + "/priority", set_priority, "Set the thread's priority", "forum",
-              body=SetPriorityRequest, responses={200: ThreadResponse, **write}),
-        Route("POST", THREAD + "/close", close_thread, "Close the thread", "forum",
-              body=CloseRequest, responses={200: ThreadResponse, **write}),
+        write.pop("add_post"),
+        write.pop("answer"),
+        write.pop("assign_thread"),
+        write.pop("change_state"),
+        write.pop("set_priority"),
+        write.pop("close_thread"),
         Route("POST", THREAD + "/seen", mark_seen, "Record a viewer's seen marker", "forum",
               body=SeenRequest, responses={200: SeenResponse, **E400, **E404}, access=Access.AGENT),
         Route("GET", "/api/v1/forum/search", search, "Search titles and posts", "forum",
               query=SearchQuery, responses={200: ThreadPageResponse, **E400}),
         Route("GET", "/api/v1/forum/queues", queues, "Unseen or unanswered threads for a viewer", "forum",
               query=QueueQuery, responses={200: ThreadPageResponse, **E400}),
-        Route("POST", "/api/v1/forum/control/signal", control_signal, "Post a control signal", "forum",
-              body=ControlSignalRequest, responses={200: ThreadResponse, **write}, access=Access.AGENT),
+        write.pop("control_signal"),
+        *write.values(),  # any other registered write (none today)
         Route("GET", "/api/v1/forum/events", events, "The event log after a cursor", "forum",
               query=EventsQuery, responses={200: EventsResponse, **E400}),
         Route("GET", "/api/v1/forum/stats", stats, "Thread counts by ticket, run, state and priority", "forum",

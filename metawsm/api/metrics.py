@@ -96,6 +96,6 @@ class Metrics:
         lines.append(f"metawsm_websocket_slow_closed_total {hub.slow_closed_total if hub else 0}")
 
         metric("metawsm_http_errors_total", "counter", "HTTP error responses by status.")
-        for status, count in sorted(self.http_errors.items()):
-            lines.append(f'metawsm_http_errors_total{{status="{status}"}} {count}')
+        for code, count in sorted(self.http_errors.items()):
+            lines.append(f'metawsm_http_errors_total{{status="{code}"}} {count}')
         return "\n".join(lines) + "\n"

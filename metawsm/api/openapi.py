@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+import types
+import typing
 from typing import Any
 
 import msgspec
 
 from metawsm import __version__
+from metawsm.api.idempotency import HEADER, KEY_SCHEMA
 from metawsm.api.registry import Access, RouteTable
 from metawsm.forum.projections.registry import PROJECTION_NAMES
+from metawsm.text import ecma_pattern, non_blank_pattern
 
 REF = "#/components/schemas/{name}"
 _PATH_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
@@ -27,23 +31,37 @@ NON_BLANK = {
 }
 
 
+def _members(kind: Any) -> tuple[type, ...]:
+    """The Struct types a body or response is: one, or the members of a union (a route that
+    answers one of several shapes, such as a run action: a run, or a cleanup summary)."""
+    if isinstance(kind, types.UnionType):
+        return typing.get_args(kind)
+    return (kind,) if isinstance(kind, type) else ()
+
+
 def build_openapi(table: RouteTable) -> bytes:
-    types: list[Any] = []
+    kinds: list[Any] = []
     for route in table.routes:
         for kind in (route.body, route.query, *route.responses.values()):
-            if isinstance(kind, type) and kind not in types:
-                types.append(kind)
-    schemas, components = msgspec.json.schema_components(types, ref_template=REF)
-    schema_of = dict(zip(types, schemas))
+            kinds += [member for member in _members(kind) if member not in kinds]
+    schemas, components = msgspec.json.schema_components(kinds, ref_template=REF)
+    schema_of: dict[Any, Any] = dict(zip(kinds, schemas))
+    for route in table.routes:
+        for kind in route.responses.values():
+            if isinstance(kind, types.UnionType):
+                # msgspec only describes unions of tagged Structs; these are told apart by their key.
+                schema_of[kind] = {"anyOf": [schema_of[member] for member in _members(kind)]}
     rebuild = components.get("RebuildRequest", {}).get("properties", {}).get("projection")
     if rebuild is not None:
         rebuild["enum"] = ["", *PROJECTION_NAMES]
         rebuild["description"] = "One projection to rebuild; empty (or absent) rebuilds them all."
+    _ecma_patterns(components)
     for name, fields in NON_BLANK.items():
         properties = components.get(name, {}).get("properties", {})
         for field in fields:
             if field in properties:
-                properties[field].update({"minLength": 1, "pattern": r"\S"})
+                prop = properties[field]
+                prop.update({"minLength": 1, "pattern": non_blank_pattern(prop.get("pattern", ""))})
     paths: dict[str, dict[str, Any]] = {}
     for route in table.routes:
         path = _PATH_PARAM.sub(lambda m: "{" + m.group(1) + "}", route.path)
@@ -63,6 +81,8 @@ def build_openapi(table: RouteTable) -> bytes:
         ]
         if route.query is not None:
             parameters.extend(_query_parameters(route.query, components))
+        if route.method == "POST":
+            parameters.append(IDEMPOTENCY_KEY)
         if parameters:
             operation["parameters"] = parameters
         responses = dict(route.responses)
@@ -88,6 +108,9 @@ def build_openapi(table: RouteTable) -> bytes:
         responses.setdefault(403, None)
         if route.method != "GET":
             responses.setdefault(415, None)
+        if route.method == "POST":
+            responses.setdefault(409, None)  # idempotency_key_reused
+            responses.setdefault(503, None)  # the request with the same key is still in progress
         for status, kind in sorted(responses.items()):
             operation["responses"][str(status)] = _response(status, kind, schema_of)
         paths.setdefault(path, {})[route.method.lower()] = operation
@@ -114,15 +137,39 @@ def build_openapi(table: RouteTable) -> bytes:
     return msgspec.json.encode(document)
 
 
+# Every write takes it (docs/api.md, "Retries and idempotency keys").
+IDEMPOTENCY_KEY = {
+    "name": HEADER, "in": "header", "required": False, "schema": KEY_SCHEMA,
+    "description": "Makes the write safe to retry: a later request with the same key and the same method, path "
+                   "and body is answered what the first was answered and writes nothing; the same key with "
+                   "another request is refused with 409 idempotency_key_reused. Keys are kept at least "
+                   "api.idempotency_ttl_hours (24 h).",
+}
+
+
+def _ecma_patterns(node: Any) -> None:
+    """Spell every ``pattern`` the ECMA way, as OpenAPI reads it (metawsm.text uses ``\\Z``)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str):
+                node[key] = ecma_pattern(value)
+            else:
+                _ecma_patterns(value)
+    elif isinstance(node, list):
+        for item in node:
+            _ecma_patterns(item)
+
+
 def _response(status: int, kind: Any, schema_of: dict[Any, Any]) -> dict[str, Any]:
     descriptions = {101: "Switching to the WebSocket protocol", 200: "OK", 202: "Accepted: durable, applies later",
                     400: "Bad request", 401: "No token, or a token that is not valid",
                     403: "Refused: foreign Host or Origin, or not allowed for this token", 404: "Not found",
-                    409: "Conflict", 413: "Body too large (over 1 MiB)",
+                    409: "Conflict (or an Idempotency-Key reused with another request)",
+                    410: "Gone: what the request needs no longer exists", 413: "Body too large (over 1 MiB)",
                     415: "Writes need Content-Type: application/json",
                     503: "Unavailable (the pipeline cannot take the request right now)"}
     entry: dict[str, Any] = {"description": descriptions.get(status, "Response")}
-    if isinstance(kind, type):
+    if _members(kind):
         entry["content"] = {"application/json": {"schema": schema_of[kind]}}
     elif kind in ("text/plain", "text/html", "application/json"):
         entry["content"] = {kind: {"schema": {"type": "string"} if kind != "application/json" else {"type": "object"}}}

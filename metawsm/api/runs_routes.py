@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 from aiohttp import web
 
+from metawsm.actors.runs.messages import CleanupRun, CloseRun, RestartAgent, ResumeRun, RunCommand, StopRun
 from metawsm.api.codec import json_response, parse_query, read_body
 from metawsm.api.context import context
 from metawsm.api.errors import ApiError, ErrorResponse
+from metawsm.api.idempotency import claim_of
 from metawsm.api.registry import Route
 from metawsm.api.schemas import ActorsResponse, RunViewResponse, RunViewsResponse
 from metawsm.runs.model import RunActionRequest, RunRequest, RunResponse, RunsResponse, RunStatus
+from metawsm.runs.service import RunsService
 
-RUN_ACTIONS = ("stop", "resume", "restart", "close", "cleanup")
+# The URL's action -> the command it gives the run (options an action does not use are ignored).
+RUN_ACTIONS: dict[str, Callable[[str, RunActionRequest], RunCommand]] = {
+    "stop": lambda run_id, options: StopRun(run_id),
+    "resume": lambda run_id, options: ResumeRun(run_id),
+    "restart": lambda run_id, options: RestartAgent(run_id, agent=options.agent),
+    "close": lambda run_id, options: CloseRun(run_id, merge=options.merge),
+    "cleanup": lambda run_id, options: CleanupRun(run_id, keep_workspaces=options.keep_workspaces,
+                                                  dry_run=options.dry_run),
+}
 STATUSES = [s.value for s in RunStatus]
 
 
@@ -33,7 +46,7 @@ class CleanupResponse(msgspec.Struct, kw_only=True):
     cleanup: CleanupSummary
 
 
-def _runs(request: web.Request):  # type: ignore[no-untyped-def]
+def _runs(request: web.Request) -> RunsService:
     runs = context(request).runs
     if runs is None:
         raise ApiError(503, "unavailable", "runs are not available in this daemon")
@@ -50,7 +63,7 @@ async def list_runs(request: web.Request) -> web.Response:
 
 async def start_run(request: web.Request) -> web.Response:
     body = await read_body(request, RunRequest)
-    snapshot = await _runs(request).create(body)
+    snapshot = await _runs(request).create(body, claim_of(request))
     return json_response(RunResponse(run=snapshot))
 
 
@@ -61,7 +74,8 @@ async def get_run(request: web.Request) -> web.Response:
 
 async def act(request: web.Request) -> web.Response:
     body = await read_body(request, RunActionRequest)
-    result = await _runs(request).act(request.match_info["run_id"], request.match_info["action"], body)
+    command = RUN_ACTIONS[request.match_info["action"]](request.match_info["run_id"], body)
+    result = await _runs(request).act(command)
     if isinstance(result, dict):
         return json_response(CleanupResponse(cleanup=CleanupSummary(**result)))
     return json_response(RunResponse(run=result))
@@ -83,7 +97,9 @@ def routes() -> list[Route]:
               responses={200: RunViewResponse, 404: ErrorResponse}),
         Route("POST", "/api/v1/runs/{run_id}/{action:" + "|".join(RUN_ACTIONS) + "}", act,
               "stop, resume, restart, close or cleanup a run", "runs", body=RunActionRequest,
-              path_enums={"action": list(RUN_ACTIONS)}, responses={200: RunViewResponse, **errors}),
+              path_enums={"action": list(RUN_ACTIONS)},
+              # 410: the run's workspaces are gone (cleaned up) for an action that needs them.
+              responses={200: RunViewResponse | CleanupResponse, **errors, 410: ErrorResponse}),
         Route("GET", "/api/v1/runs/{run_id}/actors", run_actors, "The run's actor subtree", "runs",
               responses={200: ActorsResponse, 404: ErrorResponse}),
     ]

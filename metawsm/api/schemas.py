@@ -206,7 +206,7 @@ class ActorsResponse(msgspec.Struct, kw_only=True):
 class RunView(RunSnapshot, kw_only=True, omit_defaults=True):
     """A run as the API sends it: its agents also say their ticket and how to attach to them."""
 
-    agents: list[AgentStatus]
+    agents: list[AgentStatus]  # type: ignore[assignment]  # a subclass's list: msgspec encodes what it holds
 
 
 class RunViewResponse(msgspec.Struct, kw_only=True):
@@ -253,11 +253,24 @@ class ActorSummary(msgspec.Struct, kw_only=True):
     restarts_total: int
 
 
+class RecoveringActor(msgspec.Struct, kw_only=True):
+    """An actor its supervisor is restarting (waiting out a backoff, or starting again)."""
+
+    path: str
+    state: Literal["restarting", "starting"]
+    restarts: int
+    reason: str  # its last failure, "<type>: <message>"
+
+
+HealthStatus = Literal["ok", "recovering", "degraded", "failed"]
+
+
 class HealthResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
-    status: Literal["ok", "degraded", "failed"]
+    status: HealthStatus
     started_at: str
     now: str
-    reason: str = ""
+    reason: str = ""  # why it is not "ok"
+    recovering: list[RecoveringActor] = msgspec.field(default_factory=list)
     worker: WorkerHealth | None = None
     outbox: OutboxStats | None = None
     forum_bus: BusHealth | None = None

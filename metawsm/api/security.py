@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from metawsm.api.errors import ApiError
 
@@ -45,7 +46,7 @@ class Exposure:
 
     @classmethod
     def build(cls, bound_host: str, port: int, allowed_hosts: list[str] = [],  # noqa: B006 - never mutated
-              allowed_origins: list[str] = []) -> Exposure:  # noqa: B006
+              allowed_origins: list[str] = []) -> Exposure:  # noqa: B006 - never mutated
         names = set(LOOPBACK_NAMES)
         bound = bound_host.lower()
         if bound not in ("0.0.0.0", "::", ""):  # a wildcard bind has no name of its own: use allowed_hosts
@@ -77,7 +78,7 @@ EXPOSURE: web.AppKey[Exposure] = web.AppKey("metawsm_exposure", Exposure)
 
 
 @web.middleware
-async def browser_guard(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def browser_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     exposure = request.app[EXPOSURE]
     host = request.headers.get("Host", "").strip().lower()
     if host and host not in exposure.hosts:
@@ -100,7 +101,7 @@ async def browser_guard(request: web.Request, handler: web.Handler) -> web.Strea
 
 
 @web.middleware
-async def json_writes(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def json_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Writes must say ``Content-Type: application/json``; runs after the token check, so a
     caller without a token learns that first (401), and after routing, so 404/405 stay what they are."""
     routed = request.match_info.http_exception is None

@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -33,7 +34,7 @@ class Address:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "Address":
+    def parse(cls, text: str) -> Address:
         """``HOST:PORT``; an empty host (``:3001``) means loopback, not every interface."""
         host, sep, port = text.strip().rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -99,11 +100,16 @@ async def serve_forever(daemon: Daemon, address: Address, fault_injection: bool,
         loop.add_signal_handler(signum, stop.set)
     failed = loop.run_in_executor(None, system.failed.wait)
     stopper = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({stopper, failed}, return_when=asyncio.FIRST_COMPLETED)
+    waiters: set[asyncio.Future[Any]] = {stopper, failed}
+    done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
     if failed in done:
-        reason = system.failure.message if system.failure else "unknown"
-        log.error("the root supervisor gave up (%s); health reports failed, exiting", reason)
+        failure = system.failure
+        reason = failure.message if failure else "unknown"
+        # The root giving up, or a cause no restart can cure (ActorSystem.fail: a lost namespace claim).
+        gave_up = failure is None or failure.type == "SupervisorGaveUp"
+        what = "the root supervisor gave up" if gave_up else "the daemon cannot go on"
+        log.error("%s (%s); health reports failed, exiting", what, reason)
         exit_code = ROOT_FAILED_EXIT
         await asyncio.sleep(DRAIN_SECONDS)  # let health pollers see "failed" before we go
     else:

@@ -247,7 +247,7 @@ class StreamHub:
         while not self._closing:
             try:
                 await asyncio.wait_for(self._wake.wait(), FILL_CHECK_SECONDS)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self._fill_to_checkpoint()
                 continue
             self._wake.clear()
@@ -273,7 +273,7 @@ class StreamHub:
         """Dispatch events (last_sequence, up_to] read from SQLite (a missed notification)."""
         while self.last_sequence < up_to:
             after = self.last_sequence
-            views, _ = await self.forum.read_async(lambda r: r.events_after(None, None, after, 1000))
+            views, _ = await self.forum.read_async(lambda r, after=after: r.events_after(None, None, after, 1000))
             views = [v for v in views if v.sequence <= up_to]
             if not views:
                 return
@@ -343,7 +343,7 @@ class StreamHub:
                     break
         except (ConnectionError, asyncio.CancelledError):
             pass
-        except Exception as error:  # noqa: BLE001 - tell the client, then close
+        except Exception as error:
             log.exception("websocket stream failed")
             if not ws.closed:
                 await ws.send_str(_encoder.encode({"type": "error", "message": str(error)}).decode())
@@ -360,7 +360,7 @@ class StreamHub:
         while cursor < high_water and not client.overflowed:
             after = cursor
             views, _ = await self.forum.read_async(
-                lambda r: r.events_after(client.ticket, client.run_id, after, client.limit)
+                lambda r, after=after: r.events_after(client.ticket, client.run_id, after, client.limit)
             )
             views = [v for v in views if v.sequence <= high_water]
             if not views:
@@ -423,7 +423,7 @@ async def _close(ws: web.WebSocketResponse, code: int, message: bytes, transport
     """
     try:
         await asyncio.wait_for(ws.close(code=code, message=message), timeout=CLOSE_TIMEOUT_SECONDS)
-    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+    except (TimeoutError, ConnectionError, RuntimeError):
         if transport is not None and not transport.is_closing():
             transport.close()
         if transport is not None:

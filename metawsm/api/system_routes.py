@@ -12,6 +12,7 @@ from metawsm.actors.errors import ActorUnavailable
 from metawsm.api.codec import json_response
 from metawsm.api.context import context
 from metawsm.api.errors import ApiError, ErrorResponse
+from metawsm.api.health import assess
 from metawsm.api.registry import Access, Route
 from metawsm.api.schemas import (
     ActorsResponse,
@@ -51,11 +52,13 @@ async def health(request: web.Request) -> web.Response:
         except Exception:  # noqa: BLE001 - reported as unknown (null)
             stream_pending = None
     summary = ActorSummary(**system.summary())
-    status = "ok" if bus.healthy and summary.restarting == 0 else "degraded"
+    verdict = assess(system.inspect(), bus.healthy, bus.error)
     body = HealthResponse(
-        status=status,
+        status=verdict.status,
         started_at=system.started_at,
         now=now,
+        reason=verdict.reason,
+        recovering=verdict.recovering,
         worker=WorkerHealth(
             running=bus.consumer_running,
             last_processed_at=bus.last_processed_at,
@@ -85,7 +88,8 @@ async def actors(request: web.Request) -> web.Response:
 async def crash_actor(request: web.Request) -> web.Response:
     ctx = context(request)
     if not ctx.fault_injection:
-        raise ApiError(404, "not_found", "fault injection is disabled; start serve with --debug or set debug.fault_injection")
+        raise ApiError(404, "not_found",
+                       "fault injection is disabled; start serve with --debug or set debug.fault_injection")
     path = request.match_info["path"].strip("/")
     reason = request.query.get("reason", "injected fault")
     try:

@@ -1,9 +1,16 @@
 """A small blocking HTTP client for the daemon's JSON API, and the click glue around it.
 
 The CLI process must start fast and fail fast.  This module imports nothing beyond click and
-a few cheap standard-library modules (no aiohttp, msgspec, ``http.client`` or server modules),
-and it makes exactly one attempt per request: a refused or slow TCP connect becomes
-:class:`DaemonUnreachable` within ``CONNECT_TIMEOUT`` seconds, never a retry loop.
+a few cheap standard-library modules (no aiohttp, msgspec, ``http.client`` or server modules).
+A daemon that is not there is reported at once: a refused or slow TCP connect on the first
+attempt becomes :class:`DaemonUnreachable` within ``CONNECT_TIMEOUT`` seconds.
+
+Writes (:meth:`DaemonClient.post`) carry a fresh ``Idempotency-Key`` and are retried with that
+same key when the outcome is unknown or the daemon asks for it: a 503, a connection reset or
+closed before the answer, no answer in time, a refused connect after an earlier attempt got
+through.  The daemon applies a key once and answers its retries alike (docs/api.md), so a
+retried ``forum ask`` never opens two threads.  Retries are bounded (:data:`RETRY_DELAYS`,
+:data:`RETRY_DEADLINE`).
 
 Every response is returned with its raw body so ``--json`` can print the API's JSON exactly as
 the server sent it.
@@ -16,12 +23,15 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import quote, urlencode, urlsplit
 
 import click
+
+from metawsm.cli import exit_codes
 
 DEFAULT_SERVER = "http://127.0.0.1:3001"
 SERVER_ENV = "METAWSM_SERVER"
@@ -34,6 +44,11 @@ AGENT_TOKEN_PREFIX = "mwa_"
 CONNECT_TIMEOUT = 0.4  # seconds; a local daemon accepts in well under a millisecond
 READ_TIMEOUT = 60.0  # a write waits at most the server's write budget (5 s by default)
 USER_AGENT = "metawsm-cli"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Waits before the 2nd, 3rd and 4th attempt of a write, each ±50 % at random so that clients
+# cut off together do not come back together: at most 4 attempts, under 2.7 s of waiting.
+RETRY_DELAYS = (0.25, 0.5, 1.0)
+RETRY_DEADLINE = 10.0  # seconds after the first attempt began: no retry starts later
 
 
 class ClientError(Exception):
@@ -53,18 +68,28 @@ class NoToken(ClientError):
 
 
 class DaemonUnreachable(ClientError):
-    """The TCP connection to the daemon could not be made (or broke before a response)."""
+    """The TCP connection to the daemon could not be made (or broke before a response).
 
-    def __init__(self, server: str, reason: str) -> None:
+    ``sent``: the request was (at least partly) sent, so the daemon may have acted on it.
+    """
+
+    def __init__(self, server: str, reason: str, sent: bool = False) -> None:
         super().__init__(
             f"cannot reach metawsm serve at {server} ({reason}); start it with: metawsm serve"
         )
         self.server = server
         self.reason = reason
+        self.sent = sent
+
+
+class NoAnswer(ClientError):
+    """The request was sent but no (complete) answer came: timed out, or the connection was
+    closed before the end of the response.  The daemon may or may not have acted on it."""
 
 
 class ApiFailure(ClientError):
-    """The daemon answered with an error status; 4xx is the caller's fault (exit 2)."""
+    """The daemon answered with an error status: 4xx is the caller's fault (exit 2), except the
+    codes :data:`metawsm.cli.exit_codes.EXCEPTIONS` lists (``close_blocked`` → 1)."""
 
     def __init__(self, status: int, code: str, message: str, body: bytes = b"") -> None:
         super().__init__(message)
@@ -72,7 +97,7 @@ class ApiFailure(ClientError):
         self.code = code
         self.message = message
         self.body = body
-        self.exit_code = 2 if 400 <= status < 500 else 1
+        self.exit_code = exit_codes.for_error(status, code)
 
 
 @dataclass(frozen=True)
@@ -100,7 +125,7 @@ class ServerAddress:
     display: str  # how the user wrote it, normalised (no trailing slash)
 
     @classmethod
-    def parse(cls, server: str) -> "ServerAddress":
+    def parse(cls, server: str) -> ServerAddress:
         text = (server or "").strip().rstrip("/")
         if not text:
             raise BadServerUrl("--server is empty; expected a URL such as http://127.0.0.1:3001")
@@ -140,6 +165,10 @@ class ProtocolError(Exception):
     """The bytes that came back are not an HTTP/1.x response we understand."""
 
 
+class TruncatedResponse(ProtocolError):
+    """The connection was closed before the whole response arrived (the daemon died, say)."""
+
+
 def _open_socket(address: ServerAddress, connect_timeout: float, read_timeout: float) -> socket.socket:
     sock = socket.create_connection((address.host, address.port), connect_timeout)
     sock.settimeout(read_timeout)
@@ -158,7 +187,8 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes]:
     but do not rely on the server closing); otherwise reads until the server closes.
     """
     buffer = b""
-    status, headers, body_start = 0, {}, -1
+    status, body_start = 0, -1
+    headers: dict[str, str] = {}
     while True:
         data = sock.recv(65536)
         if data:
@@ -178,11 +208,11 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes]:
         if not data:
             break
     if body_start < 0:
-        raise ProtocolError("incomplete HTTP response" if buffer else "connection closed without a response")
+        raise TruncatedResponse("incomplete HTTP response" if buffer else "connection closed without a response")
     if "chunked" in headers.get("transfer-encoding", "").lower():
         return status, _dechunk(buffer[body_start:])
     if headers.get("content-length", "").isdigit():
-        raise ProtocolError("connection closed in the middle of the response")
+        raise TruncatedResponse("connection closed in the middle of the response")
     return status, buffer[body_start:]
 
 
@@ -199,7 +229,7 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 
 
 def _dechunk(data: bytes) -> bytes:
-    out = []
+    out: list[bytes] = []
     pos = 0
     while True:
         end = data.find(b"\r\n", pos)
@@ -300,17 +330,47 @@ class DaemonClient:
         self, path: str, body: dict[str, Any] | None = None, ok: tuple[int, ...] = (200, 202),
         read_timeout: float | None = None,
     ) -> Response:
-        return self.request("POST", path, body if body is not None else {}, ok=ok, read_timeout=read_timeout)
+        """A write: sent with a fresh ``Idempotency-Key`` and retried with it (module docstring)."""
+        return self.request("POST", path, body if body is not None else {}, ok=ok, read_timeout=read_timeout,
+                            idempotency_key=new_idempotency_key())
 
     def request(
         self, method: str, target: str, body: Any = None, ok: tuple[int, ...] = (200,),
-        read_timeout: float | None = None, authenticate: bool | None = None,
+        read_timeout: float | None = None, authenticate: bool | None = None, idempotency_key: str | None = None,
     ) -> Response:
+        """One request; with ``idempotency_key``, retried while its outcome is unknown (bounded)."""
         payload = None if body is None else json.dumps(body).encode("utf-8")
         if authenticate is None:
             authenticate = target.partition("?")[0] not in PUBLIC_PATHS
         headers = self.auth_headers() if authenticate else {}
-        status, raw = self._exchange(method, self.address.base_path + target, payload, read_timeout, headers)
+        if idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = idempotency_key
+        target = self.address.base_path + target
+        started = time.monotonic()
+        attempt, reached = 0, False
+        while True:
+            try:
+                status, raw = self._exchange(method, target, payload, read_timeout, headers)
+                reached = True
+                if status != 503 or idempotency_key is None:
+                    break
+                failure: ClientError = _failure(status, _decode(raw), raw)
+            except DaemonUnreachable as error:
+                reached = reached or error.sent
+                # Refused before anything was sent: nobody listens.  Only after an earlier attempt
+                # got through is that the daemon restarting, worth waiting for.
+                if idempotency_key is None or not reached:
+                    raise
+                failure = error
+            except NoAnswer as error:
+                if idempotency_key is None:
+                    raise
+                reached, failure = True, error
+            delay = _retry_delay(attempt)
+            if delay is None or time.monotonic() - started + delay > RETRY_DEADLINE:
+                raise failure
+            time.sleep(delay)
+            attempt += 1
         data = _decode(raw)
         if status not in ok:
             raise _failure(status, data, raw)
@@ -341,14 +401,29 @@ class DaemonClient:
         try:
             sock.sendall(request)
             return _read_response(sock)
-        except (socket.timeout, TimeoutError):
-            raise ClientError(f"metawsm serve at {self.server} did not answer within {timeout:g}s") from None
+        except TimeoutError:
+            raise NoAnswer(f"metawsm serve at {self.server} did not answer within {timeout:g}s") from None
+        except TruncatedResponse as error:
+            raise NoAnswer(f"bad response from {self.server}: {error}") from None
         except ProtocolError as error:
             raise ClientError(f"bad response from {self.server}: {error}") from None
         except OSError as error:
-            raise DaemonUnreachable(self.server, _reason(error)) from None
+            raise DaemonUnreachable(self.server, _reason(error), sent=True) from None
         finally:
             sock.close()
+
+
+def new_idempotency_key() -> str:
+    """A fresh key for one write command (128 random bits; ``os.urandom`` costs no import)."""
+    return "cli-" + os.urandom(16).hex()
+
+
+def _retry_delay(attempt: int) -> float | None:
+    """The wait before retry number ``attempt + 1`` (None: no retries left), ±50 % at random."""
+    if attempt >= len(RETRY_DELAYS):
+        return None
+    jitter = int.from_bytes(os.urandom(2), "big") / 0xFFFF  # 0..1
+    return RETRY_DELAYS[attempt] * (0.5 + jitter)
 
 
 def _decode(raw: bytes) -> Any:

@@ -28,12 +28,23 @@ from metawsm.cli.client import (
     server_option,
 )
 from metawsm.cli.main import cli
+from metawsm.forum.enums import ActorType, ControlType, Priority, QueueType, ThreadState, ViewerType
 
 F = Callable[..., Any]
 API = "/api/v1/forum"
-STATES = "new|triaged|waiting_operator|waiting_human|answered|closed"
-PRIORITIES = "low|normal|high|urgent"
-ACTOR_TYPES = "agent|operator|human|system"
+
+
+def _choices(enum_type: Any) -> str:
+    return "|".join(member.value for member in enum_type)
+
+
+# The vocabularies are the daemon's own (metawsm/forum/enums.py imports only the error classes).
+STATES = _choices(ThreadState)
+PRIORITIES = _choices(Priority)
+ACTOR_TYPES = _choices(ActorType)
+VIEWER_TYPES = _choices(ViewerType)
+QUEUE_TYPES = _choices(QueueType)
+CONTROL_TYPES = _choices(ControlType)
 
 
 @cli.group("forum")
@@ -303,8 +314,8 @@ def search(query: str, ticket: str | None, run_id: str | None, state: str | None
 
 
 @forum.command("queue")
-@click.option("--type", "queue_type", required=True, metavar="unseen|unanswered", help="Which queue.")
-@click.option("--viewer-type", metavar="human|agent", help="Whose queue: kind of viewer.")
+@click.option("--type", "queue_type", required=True, metavar=QUEUE_TYPES, help="Which queue.")
+@click.option("--viewer-type", metavar=VIEWER_TYPES, help="Whose queue: kind of viewer.")
 @click.option("--viewer-id", help="Whose queue: the viewer's id.")
 @list_filters
 @click.option("--cursor", help="Continue after a previous page (its next_cursor).")
@@ -329,7 +340,7 @@ def queue(queue_type: str, viewer_type: str | None, viewer_id: str | None, ticke
 
 @forum.command("seen")
 @thread_id_option
-@click.option("--viewer-type", required=True, metavar="human|agent", help="Kind of viewer.")
+@click.option("--viewer-type", required=True, metavar=VIEWER_TYPES, help="Kind of viewer.")
 @click.option("--viewer-id", required=True, help="The viewer's id.")
 @click.option("--sequence", type=click.IntRange(min=0), help="Seen up to this event sequence  [default: latest]")
 @server_option
@@ -473,7 +484,7 @@ def check_signal(run_id: str, ticket: str, agent_name: str, actor_type: str, pay
     """Refuse locally, with the server's own rules and messages, what the server would refuse.
 
     Mirrors the order of ``metawsm.forum.commands`` (actor type, then run/agent/ticket, then
-    the schema-v1 payload).  Imported lazily: the rules module pulls in the actor runtime.
+    the schema-v1 payload).  Imported lazily: only this command needs the rules.
     """
     from metawsm.forum import rules
     from metawsm.forum.errors import ForumError
@@ -493,7 +504,7 @@ def check_signal(run_id: str, ticket: str, agent_name: str, actor_type: str, pay
 @click.option("--ticket", required=True, help="The run's ticket.")
 @click.option("--agent-name", required=True, help="Agent the signal is about.")
 @click.option("--type", "control_type", required=True,
-              metavar="guidance_request|guidance_answer|completion|validation", help="Kind of signal.")
+              metavar=CONTROL_TYPES, help="Kind of signal.")
 @click.option("--question", help="guidance_request: the question (required).")
 @click.option("--context", "context_text", help="guidance_request: context for the question.")
 @click.option("--answer", help="guidance_answer: the answer (required).")

@@ -13,8 +13,8 @@ from metawsm.cli.main import cli
 def health(server: str, as_json: bool) -> None:
     """Print the daemon's health: status, worker lag, outbox counts and Redis.
 
-    Exits 0 when the status is `ok`, 1 when it is `degraded` or `failed` (or the daemon cannot
-    be reached), so it can gate scripts: `metawsm health >/dev/null && ...`.
+    Exits 0 when the status is `ok`, 1 when it is `recovering`, `degraded` or `failed` (or the
+    daemon cannot be reached), so it can gate scripts: `metawsm health >/dev/null && ...`.
     """
     # 503 carries the same body with status "failed": show it rather than a bare error.
     response = DaemonClient(server).get("/api/v1/health", ok=(200, 503))

@@ -40,7 +40,7 @@ STATE_STYLE = {
     "closed": "dim",
 }
 PRIORITY_STYLE = {"low": "dim", "normal": "", "high": "yellow", "urgent": "red"}
-STATUS_STYLE = {"ok": "green", "degraded": "yellow", "failed": "red"}
+STATUS_STYLE = {"ok": "green", "recovering": "yellow", "degraded": "yellow", "failed": "red"}
 
 
 class Printer:
@@ -191,7 +191,8 @@ def print_thread_detail(p: Printer, detail: Mapping[str, Any]) -> None:
         p.line(f"{p.style(str(t.get('thread_id', '')), 'bold')}  {p.cell(t.get('title', ''))}")
     else:
         p.line(f"{p.cell(t.get('thread_id', ''))}\t{p.cell(t.get('title', ''))}")
-    assignee = _who(t.get("assignee_type"), t.get("assignee_name")) if (t.get("assignee_type") or t.get("assignee_name")) else None
+    has_assignee = t.get("assignee_type") or t.get("assignee_name")
+    assignee = _who(t.get("assignee_type"), t.get("assignee_name")) if has_assignee else None
     state = t.get("state", "")
     priority = t.get("priority", "")
     p.fields([
@@ -341,8 +342,8 @@ def print_debug(p: Printer, d: Mapping[str, Any]) -> None:
         p.line()
         p.line(f"parked ({len(parked)}):")
         p.table(("MESSAGE", "TOPIC", "ATTEMPTS", "PARKED", "ERROR"),
-                [[m.get("message_id"), m.get("topic"), m.get("attempts"), p.time(m.get("parked_at")), m.get("last_error")]
-                 for m in parked])
+                [[m.get("message_id"), m.get("topic"), m.get("attempts"), p.time(m.get("parked_at")),
+                  m.get("last_error")] for m in parked])
     messages = d.get("outbox_messages") or []
     if messages:
         p.line()

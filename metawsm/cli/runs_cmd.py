@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from metawsm.cli.client import DaemonClient, ApiFailure, fail, json_option, path_segment, print_json, reports_errors, server_option
+from metawsm.cli.client import DaemonClient, fail, json_option, path_segment, print_json, reports_errors, server_option
 from metawsm.cli.main import cli
 from metawsm.runs.attach import attach_argv, inside_server, switch_argv
 
@@ -57,6 +57,11 @@ def _printer() -> Any:
     return Printer()
 
 
+def _restarts(agent: dict[str, Any]) -> str:
+    used = agent.get("restarts_used", 0)
+    return f"{used}/{used + (agent.get('restarts_left') or 0)}"
+
+
 def print_run(snapshot: dict[str, Any]) -> None:
     p = _printer()
     p.line(p.style(snapshot["run_id"], "bold") + f"  {snapshot['mode']}  {snapshot['status']}")
@@ -76,7 +81,7 @@ def print_run(snapshot: dict[str, Any]) -> None:
             age = a.get("last_activity_age_seconds")
             rows.append([
                 a["name"], a.get("workspace", ""), a.get("status", ""), a.get("health", "") or "-",
-                "-" if age is None else f"{age:.0f}s ago", f"{a.get('restarts_used', 0)}/{a.get('restarts_used', 0) + (a.get('restarts_left') or 0)}",
+                "-" if age is None else f"{age:.0f}s ago", _restarts(a),
                 a.get("session", ""), a.get("workspace_path", ""),
             ])
         p.table(("AGENT", "WORKSPACE", "STATUS", "HEALTH", "ACTIVITY", "RESTARTS", "SESSION", "PATH"), rows)
@@ -120,7 +125,8 @@ def _start(server: str, as_json: bool, body: dict[str, Any]) -> None:
 def common_run_options(function: F) -> F:
     for option in reversed([
         click.option("--ticket", "tickets", multiple=True, required=True, help="Ticket(s) to work on (repeatable)."),
-        click.option("--repos", "repos", multiple=True, required=True, help="Repo name(s), comma-separated or repeated."),
+        click.option("--repos", "repos", multiple=True, required=True,
+                     help="Repo name(s), comma-separated or repeated."),
         click.option("--doc-home-repo", default="", help="Repo holding the ticket docs (default: the first repo)."),
         click.option("--base-branch", default="", help="Branch workspaces start from (default: policy)."),
         click.option("--agent", "agents", multiple=True, help="Agent name(s) from the policy (default: all)."),
@@ -273,12 +279,8 @@ def attach(run_id: str, ticket: str, agent: str, server: str) -> None:
 def _action(action: str, run_id: str, ticket: str, server: str, as_json: bool, body: dict[str, Any]) -> None:
     client = DaemonClient(server, read_timeout=RUN_TIMEOUT)
     run_id = resolve_run_id(client, run_id, ticket)
-    try:
-        response = client.post(f"{API}/{path_segment(run_id)}/{action}", body, ok=(200,))
-    except ApiFailure as error:
-        if error.code == "close_blocked":
-            fail(error.message, 1)  # a gate, not bad usage
-        raise
+    # A refused close gate (close_blocked, HTTP 409) exits 1, not 2: ApiFailure knows it.
+    response = client.post(f"{API}/{path_segment(run_id)}/{action}", body, ok=(200,))
     if as_json:
         print_json(response)
         return

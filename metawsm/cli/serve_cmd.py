@@ -82,6 +82,13 @@ def serve(addr: str, db_path: str, policy_path: str, redis_url: str | None, no_a
 
     Stop it with Ctrl-C (SIGINT) or SIGTERM.
     """
+    from metawsm.daemon_lock import DatabaseInUse, DatabaseLock, DatabaseLockError, refuse_if_in_use
+
+    try:
+        refuse_if_in_use(db_path)  # before the slow imports below: a second serve is told at once
+    except DatabaseInUse as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
     import asyncio
 
     from metawsm.api.server import Address, StartupFailed, serve_forever
@@ -114,6 +121,14 @@ def serve(addr: str, db_path: str, policy_path: str, redis_url: str | None, no_a
     if no_auth and not address.is_loopback:
         click.echo(f"error: --no-auth is only allowed on a loopback address, not {addr}", err=True)
         sys.exit(2)
+    # One daemon per database, decided before SQLite, Redis, tmux or even the token file are
+    # touched.  A database in use is a runtime condition, not bad usage: exit 1.  Held until
+    # this process ends (the OS drops it on any death, kill -9 included).
+    try:
+        db_lock = DatabaseLock.acquire(db_path, address.url)
+    except DatabaseLockError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
     try:
         operator_token, token_path = _operator_token(db_path)
     except TokenFileError as error:
@@ -124,7 +139,7 @@ def serve(addr: str, db_path: str, policy_path: str, redis_url: str | None, no_a
             "serving on %s:%d, which other machines can reach: every request needs a token; "
             "list the names clients use in api.allowed_hosts", address.host, address.port)
     daemon = Daemon(policy, db_path, debug=debug, policy_path=policy_path, server_url=address.url, redis=redis,
-                    operator_token=operator_token, auth_enabled=not no_auth)
+                    operator_token=operator_token, auth_enabled=not no_auth, db_lock=db_lock)
     try:
         daemon.start()
     except StartupError as error:

@@ -104,7 +104,7 @@ class Follower:
             if 400 <= error.status < 500 or not self.connected_once:
                 raise self._handshake_refusal(error.status) from None
             raise _Lost from None  # e.g. 503 while the restarted daemon gets ready: retry
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
             self._unreachable_first(_reason(error))
             raise _Lost from None
         self.connected_once = True
@@ -117,7 +117,7 @@ class Follower:
                 elif message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE,
                                       aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
                     break
-        except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ConnectionError, ValueError):
             pass
         finally:
             await ws.close()

@@ -1,5 +1,7 @@
 """The forum: threads, posts and control signals between agents and the people supervising them.
 
-``domain`` holds the rules (pure, no I/O); ``handlers`` apply commands to SQLite; the
-pipeline actors live in ``metawsm.actors.forum``; ``reads`` is the query side.
+``registry`` lists every command (its messages, refusal code, route and CLI command); ``rules``
+holds the pure rules; ``commands`` turns API requests into command messages and
+``write_model`` applies them to SQLite; the pipeline actors live in ``metawsm.actors.forum``;
+``reads`` is the query side.
 """

@@ -1,4 +1,9 @@
-"""Refusals the forum gives back to callers (HTTP 4xx, CLI exit 2)."""
+"""Refusals the forum gives back to callers (HTTP 4xx, CLI exit 2), and their status table.
+
+A refused command's verdict is stored in ``forum_command_results`` as its code and message;
+:func:`status_of` gives the HTTP status back for a code, from the same classes that set it when
+the refusal was raised, so a verdict read back from SQLite reports what the raise did.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,9 @@ from metawsm.actors.errors import Refusal
 
 
 class ForumError(Refusal):
-    """A forum command or query was refused; ``status`` is the HTTP status to report."""
+    """A forum command or query was refused (400 unless the class or the raise says otherwise)."""
 
     code = "forum_error"
-    status = 400
-
-    def __init__(self, message: str, code: str | None = None, status: int | None = None) -> None:
-        super().__init__(message, code)
-        if status is not None:
-            self.status = status
 
 
 class ThreadNotFound(ForumError):
@@ -31,21 +30,22 @@ class ThreadConflict(ForumError):
     status = 409
 
 
-# Which error code a refused command reports, by command name (api.md error table).
-FAILURE_CODES: dict[str, str] = {
-    "open_thread": "forum_open_failed",
-    "add_post": "forum_add_post_failed",
-    "answer": "forum_add_post_failed",
-    "assign_thread": "forum_assign_failed",
-    "change_state": "forum_state_failed",
-    "set_priority": "forum_priority_failed",
-    "close_thread": "forum_close_failed",
-    "control_signal": "forum_control_signal_failed",
-}
+# The classes whose code a refused command keeps (for_command re-codes every other refusal with
+# the command's failure code, and those are plain ForumErrors: 400).
+KEPT_BY_COMMANDS: tuple[type[ForumError], ...] = (ThreadNotFound, ThreadConflict)
+STATUS_OF_CODE: dict[str, int] = {cls.code: cls.status for cls in KEPT_BY_COMMANDS}
+
+
+def status_of(code: str) -> int:
+    """The HTTP status of a forum error code (a verdict's ``error_code``)."""
+    return STATUS_OF_CODE.get(code, ForumError.status)
 
 
 def for_command(error: ForumError, command: str) -> ForumError:
-    """Re-code a generic validation refusal with the failing command's code."""
-    if isinstance(error, (ThreadNotFound, ThreadConflict)):
+    """Re-code a generic validation refusal with the failing write's code (by write name:
+    ``open_thread``, ``answer``, ...; the codes are in :mod:`metawsm.forum.registry`)."""
+    if isinstance(error, KEPT_BY_COMMANDS):
         return error
-    return ForumError(error.message, code=FAILURE_CODES.get(command, error.code), status=error.status)
+    from metawsm.forum.registry import failure_code  # the registry imports this module
+
+    return ForumError(error.message, code=failure_code(command, error.code), status=error.status)

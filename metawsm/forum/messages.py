@@ -1,12 +1,14 @@
 """Forum commands and events as msgspec Structs: what travels through the outbox and streams.
 
 A command and the event it produces share one ``event_id``: the id is assigned at intake,
-so a caller can wait for "its" event and a re-delivered command is recognised.
+so a caller can wait for "its" event and a re-delivered command is recognised.  Which event a
+command produces, and everything else known per command, is in :mod:`metawsm.forum.registry`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+import typing
+from typing import Any
 
 import msgspec
 
@@ -67,7 +69,7 @@ class ControlSignal(msgspec.Struct, tag="control_signal", kw_only=True):
     post_id: str
 
 
-CommandBody = Union[OpenThread, AddPost, AssignThread, ChangeState, SetPriority, CloseThread, ControlSignal]
+CommandBody = OpenThread | AddPost | AssignThread | ChangeState | SetPriority | CloseThread | ControlSignal
 
 
 class CommandMessage(msgspec.Struct, tag="command", kw_only=True):
@@ -76,7 +78,7 @@ class CommandMessage(msgspec.Struct, tag="command", kw_only=True):
 
     @property
     def name(self) -> str:
-        return type(self.command).__struct_config__.tag  # type: ignore[return-value]
+        return str(type(self.command).__struct_config__.tag)
 
 
 # -- event payloads ---------------------------------------------------------------------------
@@ -136,7 +138,9 @@ class ControlSignalled(msgspec.Struct, tag="forum.control.signal", kw_only=True)
     priority: str = "normal"
 
 
-EventBody = Union[ThreadOpened, PostAdded, ThreadAssigned, StateChanged, PriorityChanged, ThreadClosed, ControlSignalled]
+EventBody = (
+    ThreadOpened | PostAdded | ThreadAssigned | StateChanged | PriorityChanged | ThreadClosed | ControlSignalled
+)
 
 
 class EventMessage(msgspec.Struct, tag="event", kw_only=True):
@@ -145,23 +149,14 @@ class EventMessage(msgspec.Struct, tag="event", kw_only=True):
     payload: EventBody
 
 
-BusMessage = Union[CommandMessage, EventMessage]
+BusMessage = CommandMessage | EventMessage
 
 EVENT_TYPES: tuple[str, ...] = tuple(
-    t.__struct_config__.tag for t in EventBody.__args__  # type: ignore[attr-defined]
+    str(t.__struct_config__.tag) for t in typing.get_args(EventBody)
 )
 COMMAND_NAMES: tuple[str, ...] = tuple(
-    t.__struct_config__.tag for t in CommandBody.__args__  # type: ignore[attr-defined]
+    str(t.__struct_config__.tag) for t in typing.get_args(CommandBody)
 )
-EVENT_TYPE_OF_COMMAND: dict[str, str] = {
-    "open_thread": "forum.thread.opened",
-    "add_post": "forum.post.added",
-    "assign_thread": "forum.assigned",
-    "change_state": "forum.state.changed",
-    "set_priority": "forum.priority.changed",
-    "close_thread": "forum.thread.closed",
-    "control_signal": "forum.control.signal",
-}
 
 _encoder = msgspec.json.Encoder()
 _bus_decoder = msgspec.json.Decoder(BusMessage)

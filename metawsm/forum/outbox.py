@@ -7,7 +7,7 @@ id order, publishes them and marks them sent.  A row is never deleted before it 
 from __future__ import annotations
 
 import sqlite3
-from typing import Sequence
+from collections.abc import Sequence
 
 import msgspec
 

@@ -1,7 +1,9 @@
 """Write requests as the HTTP API accepts them (decoded strictly: unknown fields are errors).
 
 Enum-valued fields are plain strings with an ``enum`` hint for the OpenAPI document, so a
-bad value is refused by the forum rules with a message listing the allowed values.
+bad value (the empty string included) is refused by the forum rules with a message listing the
+allowed values.  Ids, names and titles are :data:`~metawsm.text.Line` s and bodies
+:data:`~metawsm.text.Text` s: the decoder refuses control characters in them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Annotated, Any
 import msgspec
 
 from metawsm.forum.enums import ActorType, Priority, ThreadState, ViewerType
+from metawsm.text import Line, Text
 
 
 def _enum(enum_type: Any, description: str) -> Any:
@@ -29,33 +32,33 @@ class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class ActorFields(_Request, kw_only=True):
     actor_type: ActorTypeText | None = None
-    actor_name: str = ""
-    correlation_id: str = ""
-    causation_id: str = ""
+    actor_name: Line = ""
+    correlation_id: Line = ""
+    causation_id: Line = ""
 
 
 class OpenThreadRequest(ActorFields, kw_only=True):
-    thread_id: str = ""
-    ticket: str
-    run_id: str = ""
-    agent_name: str = ""
-    title: str
-    body: str
+    thread_id: Line = ""
+    ticket: Line
+    run_id: Line = ""
+    agent_name: Line = ""
+    title: Line
+    body: Text
     priority: PriorityText | None = None
 
 
 class AddPostRequest(ActorFields, kw_only=True):
-    body: str
+    body: Text
 
 
 class AnswerRequest(ActorFields, kw_only=True):
-    body: str
+    body: Text
 
 
 class AssignRequest(ActorFields, kw_only=True):
     assignee_type: ActorTypeText
-    assignee_name: str
-    assignment_note: str = ""
+    assignee_name: Line
+    assignment_note: Text = ""
 
 
 class ChangeStateRequest(ActorFields, kw_only=True):
@@ -71,20 +74,20 @@ class CloseRequest(ActorFields, kw_only=True):
 
 
 class ControlSignalRequest(ActorFields, kw_only=True):
-    run_id: str
-    ticket: str
-    agent_name: str
-    payload: dict[str, Any]
+    run_id: Line
+    ticket: Line
+    agent_name: Line
+    payload: dict[str, Any]  # checked field by field by the forum rules (rules.validate_control_payload)
 
 
 class SeenRequest(_Request, kw_only=True):
     viewer_type: ViewerTypeText
-    viewer_id: str
+    viewer_id: Line
     last_seen_event_sequence: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
 
 
 class RebuildRequest(_Request, kw_only=True):
-    projection: str = ""
+    projection: Line = ""
 
 
 WriteRequest = (

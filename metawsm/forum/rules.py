@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from metawsm.forum.enums import ActorType, ControlType, Priority, ThreadState, parse_enum
 from metawsm.forum.errors import ForumError
+from metawsm.text import control_character
 
 S = ThreadState
 ALLOWED_TRANSITIONS: dict[ThreadState, frozenset[ThreadState]] = {
@@ -48,12 +50,16 @@ def required_text(value: str | None, what: str) -> str:
     return text
 
 
+# An enum field left out (None) takes its default; one given must be an allowed value, and the
+# empty string is not one: the document's enum does not list it, so neither do the rules.
+
+
 def actor_type(value: str | None, default: str = "human") -> str:
-    return parse_enum(ActorType, value or default, "actor_type").value
+    return parse_enum(ActorType, default if value is None else value, "actor_type").value
 
 
 def priority(value: str | None) -> str:
-    return parse_enum(Priority, value or "normal", "priority").value
+    return parse_enum(Priority, "normal" if value is None else value, "priority").value
 
 
 def thread_state(value: str) -> str:
@@ -77,6 +83,7 @@ _REQUIRED_BY_TYPE: dict[str, tuple[str, ...]] = {
     "validation": ("status", "done_criteria"),
 }
 _ALLOWED_KEYS = frozenset({"schema_version", "control_type", "run_id", "agent_name", *CONTROL_FIELDS})
+_LINE_KEYS = frozenset({"run_id", "agent_name", "status"})
 
 
 def validate_control_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,6 +112,12 @@ def validate_control_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if not isinstance(value, str):
             raise ForumError(f"forum control {key} must be a string")
+        # The payload is free-form JSON, so msgspec cannot hold it to metawsm.text's rules: ids
+        # are one line; questions, answers and summaries may hold newlines and tabs.
+        bad = control_character(value, text=key not in _LINE_KEYS)
+        if bad is not None:
+            kind = "must be one line of printable text" if key in _LINE_KEYS else "may hold newlines and tabs only"
+            raise ForumError(f"forum control {key} contains a control character ({bad}); it {kind}")
         if value.strip():
             clean[key] = value.strip()
     for key in ("run_id", "agent_name"):

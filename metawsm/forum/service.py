@@ -3,7 +3,10 @@
 A write is durable once the intake answers.  The caller then waits (up to
 ``forum.write_wait_ms``) for the verdict on its event: ``applied`` once the ``thread_views``
 projection committed it, or ``rejected``/``unchanged`` from the handler.  If the wait runs
-out — Redis is down, say — the result is ``accepted``: the write will apply later.
+out — Redis is down, say — the result is ``accepted``: the write will apply later.  That
+protocol is written once, without I/O (:func:`intake_timeout`, :func:`wait_outcome`);
+:meth:`ForumService.submit` (asyncio) and :meth:`ForumService.submit_sync` (a plain thread)
+differ only in how they ask, wait and read.
 
 :class:`OutcomeBoard` is the sink that matches verdicts to waiters.  It also remembers
 recent verdicts, because a fast pipeline may decide before the caller starts waiting.
@@ -14,24 +17,28 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 
 from metawsm.actors.bridge import ThreadReply
 from metawsm.actors.forum.messages import INTAKE, RELAY, Accepted, Rebuild, ReplayParked, Submit, projection_path
 from metawsm.actors.system import ActorSystem
+from metawsm.forum import seen
 from metawsm.forum.errors import ForumError
 from metawsm.forum.messages import EventMessage
 from metawsm.forum.projections.registry import PROJECTION_NAMES, create_projection
 from metawsm.forum.reads import ForumReader
-from metawsm.forum.views import ThreadView
+from metawsm.forum.views import SeenMarker, ThreadView
 from metawsm.forum.write_model import CommandOutcome, recorded_outcomes
+from metawsm.idempotency_keys import KeyClaim
 from metawsm.services import Services
 
 T = TypeVar("T")
 RECENT_LIMIT = 50_000
+MIN_INTAKE_TIMEOUT = 5.0  # seconds the intake may take to answer, however short the wait
 
 
 class Verdict(msgspec.Struct, frozen=True):
@@ -51,6 +58,55 @@ class WriteResult(msgspec.Struct, frozen=True, kw_only=True):
     thread_id: str
     event_id: str
     thread: ThreadView | None = None
+
+
+# -- the write-wait protocol ---------------------------------------------------------------
+
+
+def intake_timeout(budget: float) -> float:
+    """How long to wait for the intake's answer to a write whose wait budget is ``budget``."""
+    return max(budget, MIN_INTAKE_TIMEOUT)
+
+
+class WaitOutcome(NamedTuple):
+    """What a write's caller gets once its wait is over.
+
+    ``read`` names a thread to read into ``result.thread`` first (:meth:`complete`); it is
+    ``""`` when ``result`` is final.
+    """
+
+    result: WriteResult
+    read: str = ""
+
+    def complete(self, thread: ThreadView) -> WriteResult:
+        return msgspec.structs.replace(self.result, thread=thread)
+
+
+def wait_outcome(accepted: Accepted, verdict: Verdict | None) -> WaitOutcome:
+    """Decide a write's result from the intake's answer and the verdict waited for.
+
+    The caller waits for the verdict on ``accepted.event_id`` unless the intake said the
+    write was already applied (an idempotent retry); ``verdict`` is None when it did not wait
+    or no verdict came within the budget.
+
+    * already applied: ``applied``, with the thread read now;
+    * no verdict: ``accepted`` (durable in the outbox; applies when the transport recovers);
+    * ``rejected``: raises the handler's refusal as a :class:`ForumError`;
+    * ``applied``/``unchanged``: ``applied``, with the view the broker handed over, or the
+      thread read now when it handed none over.
+    """
+    if accepted.already_applied:
+        return WaitOutcome(
+            WriteResult(status="applied", thread_id=accepted.thread_id, event_id=accepted.event_id),
+            read=accepted.thread_id,
+        )
+    if verdict is None:
+        return WaitOutcome(WriteResult(status="accepted", thread_id=accepted.thread_id, event_id=accepted.event_id))
+    if verdict.status == "rejected":
+        raise ForumError(verdict.error_message, code=verdict.error_code, status=verdict.error_status)
+    thread_id = verdict.thread_id or accepted.thread_id
+    result = WriteResult(status="applied", thread_id=thread_id, event_id=accepted.event_id, thread=verdict.thread)
+    return WaitOutcome(result, read="" if verdict.thread is not None else thread_id)
 
 
 class OutcomeBoard:
@@ -250,11 +306,17 @@ class ForumService:
         """Run ``query`` with this thread's reader (one connection per thread)."""
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            conn = self.services.db.connect()
+            reader = self._local.reader = ForumReader(self._connection())
+        return query(reader)
+
+    def _connection(self) -> Any:
+        """This thread's connection: opened on first use, closed by :meth:`close`."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.services.db.connect()
             with self._connections_lock:
                 self._connections.append(conn)
-            reader = self._local.reader = ForumReader(conn)
-        return query(reader)
+        return conn
 
     def _views_here(self, thread_ids: list[str]) -> dict[str, ThreadView]:
         """Thread views read on the calling thread (the broker's), with a connection of its own.
@@ -277,58 +339,74 @@ class ForumService:
     # -- writes ---------------------------------------------------------------------------
 
     async def submit(
-        self, request: Any, thread_id: str = "", default_actor_type: str = "human", wait: float | None = None
+        self, request: Any, thread_id: str = "", default_actor_type: str = "human", wait: float | None = None,
+        idempotency: KeyClaim | None = None,
     ) -> WriteResult:
+        """Submit a write and wait for its verdict (see :func:`wait_outcome`).
+
+        With ``idempotency``, a key already recorded answers with the write it recorded: the
+        verdict waited for is that write's, and nothing new is written.
+        """
         budget = self.write_wait if wait is None else wait
         accepted: Accepted = await self.system.ask_async(
-            INTAKE, Submit(request, thread_id, default_actor_type), timeout=max(budget, 5.0)
+            INTAKE, Submit(request, thread_id, default_actor_type, idempotency), timeout=intake_timeout(budget)
         )
-        if accepted.already_applied:
-            thread = await self.read_async(lambda r: r.get_thread(accepted.thread_id))
-            return WriteResult(status="applied", thread_id=accepted.thread_id, event_id=accepted.event_id, thread=thread)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Verdict] = loop.create_future()
-
-        def settle(verdict: Verdict) -> None:
-            loop.call_soon_threadsafe(_set_once, future, verdict)
-
-        cancel = self.board.watch(accepted.event_id, settle)
-        try:
-            verdict = await asyncio.wait_for(future, budget)
-        except asyncio.TimeoutError:
-            cancel()
-            return WriteResult(status="accepted", thread_id=accepted.thread_id, event_id=accepted.event_id)
-        return await self._finish(accepted, verdict)
+        verdict = None if accepted.already_applied else await self._verdict_async(accepted.event_id, budget)
+        outcome = wait_outcome(accepted, verdict)
+        if not outcome.read:
+            return outcome.result
+        return outcome.complete(await self.read_async(lambda r: r.get_thread(outcome.read)))
 
     def submit_sync(
         self, request: Any, thread_id: str = "", default_actor_type: str = "human", wait: float | None = None
     ) -> WriteResult:
         """Blocking variant for scripts and tests (never call it on the event loop)."""
         budget = self.write_wait if wait is None else wait
-        accepted: Accepted = self.system.ask(INTAKE, Submit(request, thread_id, default_actor_type), timeout=max(budget, 5.0))
-        if accepted.already_applied:
-            thread = self.read(lambda r: r.get_thread(accepted.thread_id))
-            return WriteResult(status="applied", thread_id=accepted.thread_id, event_id=accepted.event_id, thread=thread)
+        accepted: Accepted = self.system.ask(
+            INTAKE, Submit(request, thread_id, default_actor_type), timeout=intake_timeout(budget)
+        )
+        verdict = None if accepted.already_applied else self._verdict_sync(accepted.event_id, budget)
+        outcome = wait_outcome(accepted, verdict)
+        if not outcome.read:
+            return outcome.result
+        return outcome.complete(self.read(lambda r: r.get_thread(outcome.read)))
+
+    async def _verdict_async(self, event_id: str, budget: float) -> Verdict | None:
+        """The verdict on ``event_id`` within ``budget`` seconds, or None."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Verdict] = loop.create_future()
+
+        def settle(verdict: Verdict) -> None:
+            loop.call_soon_threadsafe(_set_once, future, verdict)
+
+        cancel = self.board.watch(event_id, settle)
+        try:
+            return await asyncio.wait_for(future, budget)
+        except TimeoutError:
+            cancel()
+            return None
+
+    def _verdict_sync(self, event_id: str, budget: float) -> Verdict | None:
+        """The verdict on ``event_id`` within ``budget`` seconds, or None (blocks this thread)."""
         reply = ThreadReply()
-        cancel = self.board.watch(accepted.event_id, reply.resolve)
+        cancel = self.board.watch(event_id, reply.resolve)
         answered, verdict = reply.wait(budget)
         if not answered:
             cancel()
-            return WriteResult(status="accepted", thread_id=accepted.thread_id, event_id=accepted.event_id)
-        if verdict.status == "rejected":
-            raise ForumError(verdict.error_message, code=verdict.error_code, status=verdict.error_status)
-        thread_id = verdict.thread_id or accepted.thread_id
-        thread = verdict.thread if verdict.thread is not None else self.read(lambda r: r.get_thread(thread_id))
-        return WriteResult(status="applied", thread_id=thread_id, event_id=accepted.event_id, thread=thread)
+            return None
+        outcome: Verdict | None = verdict
+        return outcome
 
-    async def _finish(self, accepted: Accepted, verdict: Verdict) -> WriteResult:
-        if verdict.status == "rejected":
-            raise ForumError(verdict.error_message, code=verdict.error_code, status=verdict.error_status)
-        thread_id = verdict.thread_id or accepted.thread_id
-        thread = verdict.thread
-        if thread is None:
-            thread = await self.read_async(lambda r: r.get_thread(thread_id))
-        return WriteResult(status="applied", thread_id=thread_id, event_id=accepted.event_id, thread=thread)
+    # -- the one direct write --------------------------------------------------------------
+
+    async def mark_seen(
+        self, thread_id: str, viewer_type: Any, viewer_id: Any, sequence: Any = None
+    ) -> SeenMarker:
+        """Record a viewer's seen marker (:mod:`metawsm.forum.seen`), on a pool thread's connection."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, lambda: seen.mark_seen(self._connection(), thread_id, viewer_type, viewer_id, sequence)
+        )
 
     # -- maintenance ----------------------------------------------------------------------
 
@@ -345,6 +423,6 @@ class ForumService:
         return await self.system.ask_async(RELAY, ReplayParked(message_id), timeout=10.0)
 
 
-def _set_once(future: "asyncio.Future[Verdict]", verdict: Verdict) -> None:
+def _set_once(future: asyncio.Future[Verdict], verdict: Verdict) -> None:
     if not future.done():
         future.set_result(verdict)

@@ -4,20 +4,28 @@ Both the intake (a quick check against possibly stale state, so most refusals re
 caller synchronously) and the command handler (the authoritative check, inside the write
 transaction) use :func:`check`; only the handler calls :func:`apply_command`.
 
+What differs per command is one :class:`Handler` (its check and its effect) in ``HANDLERS``,
+keyed by command body and checked against :mod:`metawsm.forum.registry` on import.
+
 Every applied command appends exactly one row to ``forum_events`` and enqueues that event
 to the outbox in the caller's transaction.  A command whose verdict is already recorded in
-``forum_command_results`` is a no-op, which makes stream redelivery harmless.
+``forum_command_results`` is a no-op, which makes stream redelivery harmless.  A refusal is
+recorded as its code and message; its HTTP status comes back from the code through
+:func:`metawsm.forum.errors.status_of` (the error classes' own table), so a verdict read from
+SQLite reports the status the refusal was raised with.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from metawsm.forum import outbox, rules
-from metawsm.forum.errors import ForumError, ThreadConflict, ThreadNotFound, for_command
+from metawsm.forum import outbox, registry, rules
+from metawsm.forum.errors import ForumError, ThreadConflict, ThreadNotFound, for_command, status_of
 from metawsm.forum.messages import (
     AddPost,
     AssignThread,
@@ -105,25 +113,10 @@ def check(conn: sqlite3.Connection, message: CommandMessage) -> Thread | None:
     """Refuse the command if current state forbids it; return the thread it targets.
 
     For ``open_thread`` returns the existing thread when the same id was opened with the
-    same content (an idempotent retry), and None for a new thread.
+    same content (an idempotent retry), and None for a new thread; ``control_signal`` finds
+    its thread when it applies, so it is never refused here and returns None.
     """
-    envelope, command = message.envelope, message.command
-    if isinstance(command, ControlSignal):
-        return None
-    thread = load_thread(conn, envelope.thread_id)
-    if isinstance(command, OpenThread):
-        if thread is not None and thread.content_hash != open_content_hash(envelope, command):
-            raise ThreadConflict(f"forum thread {thread.thread_id} already exists with different content")
-        return thread
-    if thread is None:
-        raise ThreadNotFound(envelope.thread_id)
-    if isinstance(command, ChangeState):
-        rules.check_transition(thread.state, command.to_state)
-    elif isinstance(command, CloseThread):
-        pass  # closing a closed thread is an accepted no-op
-    elif thread.state == "closed":
-        raise rules.closed_error(thread.thread_id)
-    return thread
+    return HANDLERS[type(message.command)].check(conn, message.envelope, message.command)
 
 
 def apply_command(
@@ -136,14 +129,14 @@ def apply_command(
     if decided is not None:
         return decided, None
     try:
-        thread = check(conn, message)
-        if thread is not None and not isinstance(message.command, OpenThread):
+        handler = HANDLERS[type(message.command)]
+        thread = handler.check(conn, envelope, message.command)
+        if handler.addressed and thread is not None:
             # Commands addressed to a thread carry its context, whatever the caller sent.
-            stamped = msgspec.structs.replace(
+            envelope = msgspec.structs.replace(
                 envelope, ticket=thread.ticket, run_id=thread.run_id, agent_name=thread.agent_name
             )
-            message = msgspec.structs.replace(message, envelope=stamped)
-        produced = _produce(conn, message, thread)
+        produced = handler.produce(conn, envelope, message.command, thread)
     except ForumError as refusal:
         error = for_command(refusal, name)
         outcome = CommandOutcome(
@@ -198,68 +191,123 @@ def apply_command(
     return outcome, event
 
 
-# -- per-command effects ------------------------------------------------------------------------
+# -- per-command checks and effects ---------------------------------------------------------------
+
+Produced = tuple[Envelope, Any]  # the event's envelope and payload
 
 
-def _produce(
-    conn: sqlite3.Connection, message: CommandMessage, thread: Thread | None
-) -> tuple[Envelope, Any] | None:
-    envelope, command = message.envelope, message.command
+@dataclass(frozen=True)
+class Handler:
+    """What the write model does with one kind of command (``HANDLERS``, checked on import).
+
+    ``check`` refuses what current state forbids and returns the thread the command targets;
+    ``produce`` applies it to the write-model tables and returns the event, or None for an
+    accepted no-op.  ``addressed``: the command targets an existing thread, whose ticket, run
+    and agent its event carries whatever the caller sent.
+    """
+
+    check: Callable[[sqlite3.Connection, Envelope, Any], Thread | None]
+    produce: Callable[[sqlite3.Connection, Envelope, Any, Any], Produced | None]
+    addressed: bool = True
+
+
+def _existing(conn: sqlite3.Connection, envelope: Envelope, _command: Any = None) -> Thread:
+    thread = load_thread(conn, envelope.thread_id)
+    if thread is None:
+        raise ThreadNotFound(envelope.thread_id)
+    return thread
+
+
+def _writable(conn: sqlite3.Connection, envelope: Envelope, _command: Any = None) -> Thread:
+    """An existing thread that is not closed."""
+    thread = _existing(conn, envelope)
+    if thread.state == "closed":
+        raise rules.closed_error(thread.thread_id)
+    return thread
+
+
+def _check_open_thread(conn: sqlite3.Connection, envelope: Envelope, command: OpenThread) -> Thread | None:
+    thread = load_thread(conn, envelope.thread_id)
+    if thread is not None and thread.content_hash != open_content_hash(envelope, command):
+        raise ThreadConflict(f"forum thread {thread.thread_id} already exists with different content")
+    return thread
+
+
+def _check_change_state(conn: sqlite3.Connection, envelope: Envelope, command: ChangeState) -> Thread:
+    thread = _existing(conn, envelope)
+    rules.check_transition(thread.state, command.to_state)
+    return thread
+
+
+def _no_thread(_conn: sqlite3.Connection, _envelope: Envelope, _command: Any) -> None:
+    return None
+
+
+def _open_thread(conn: sqlite3.Connection, envelope: Envelope, command: OpenThread, thread: Thread | None
+                 ) -> Produced | None:
+    if thread is not None:
+        return None  # same id, same content: the retry changes nothing
     at = envelope.occurred_at
-    if isinstance(command, OpenThread):
-        if thread is not None:
-            return None  # same id, same content: the retry changes nothing
-        conn.execute(
-            "INSERT INTO forum_threads (thread_id, ticket, run_id, agent_name, title, state, priority,"
-            " opened_by_type, opened_by_name, is_control, content_hash, version, opened_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, 'new', ?, ?, ?, 0, ?, 0, ?, ?)",
-            (envelope.thread_id, envelope.ticket, envelope.run_id, envelope.agent_name, command.title,
-             command.priority, envelope.actor_type, envelope.actor_name,
-             open_content_hash(envelope, command), at, at),
-        )
-        _insert_post(conn, command.post_id, envelope, command.body)
-        return envelope, ThreadOpened(
-            title=command.title, body=command.body, priority=command.priority, state="new", post_id=command.post_id
-        )
-    if isinstance(command, ControlSignal):
-        return _control_signal(conn, envelope, command)
-    assert thread is not None
-    if isinstance(command, AddPost):
-        _insert_post(conn, command.post_id, envelope, command.body)
-        return envelope, PostAdded(post_id=command.post_id, body=command.body)
-    if isinstance(command, AssignThread):
-        conn.execute(
-            "INSERT INTO forum_assignments (thread_id, event_id, assignee_type, assignee_name, assignment_note,"
-            " assigned_by_type, assigned_by_name, assigned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (thread.thread_id, envelope.event_id, command.assignee_type, command.assignee_name,
-             command.assignment_note, envelope.actor_type, envelope.actor_name, at),
-        )
-        conn.execute(
-            "UPDATE forum_threads SET assignee_type = ?, assignee_name = ? WHERE thread_id = ?",
-            (command.assignee_type, command.assignee_name, thread.thread_id),
-        )
-        return envelope, ThreadAssigned(
-            assignee_type=command.assignee_type,
-            assignee_name=command.assignee_name,
-            assignment_note=command.assignment_note,
-        )
-    if isinstance(command, ChangeState):
-        if command.to_state == thread.state:
-            return None
-        if command.to_state == "closed":
-            return _close(conn, envelope, thread)
-        _transition(conn, envelope, thread, command.to_state)
-        return envelope, StateChanged(from_state=thread.state, to_state=command.to_state, priority=thread.priority)
-    if isinstance(command, SetPriority):
-        if command.priority == thread.priority:
-            return None
-        conn.execute("UPDATE forum_threads SET priority = ? WHERE thread_id = ?", (command.priority, thread.thread_id))
-        return envelope, PriorityChanged(from_priority=thread.priority, to_priority=command.priority, state=thread.state)
-    if isinstance(command, CloseThread):
-        if thread.state == "closed":
-            return None
+    conn.execute(
+        "INSERT INTO forum_threads (thread_id, ticket, run_id, agent_name, title, state, priority,"
+        " opened_by_type, opened_by_name, is_control, content_hash, version, opened_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, 'new', ?, ?, ?, 0, ?, 0, ?, ?)",
+        (envelope.thread_id, envelope.ticket, envelope.run_id, envelope.agent_name, command.title,
+         command.priority, envelope.actor_type, envelope.actor_name,
+         open_content_hash(envelope, command), at, at),
+    )
+    _insert_post(conn, command.post_id, envelope, command.body)
+    return envelope, ThreadOpened(
+        title=command.title, body=command.body, priority=command.priority, state="new", post_id=command.post_id
+    )
+
+
+def _add_post(conn: sqlite3.Connection, envelope: Envelope, command: AddPost, _thread: Thread) -> Produced:
+    _insert_post(conn, command.post_id, envelope, command.body)
+    return envelope, PostAdded(post_id=command.post_id, body=command.body)
+
+
+def _assign(conn: sqlite3.Connection, envelope: Envelope, command: AssignThread, thread: Thread) -> Produced:
+    conn.execute(
+        "INSERT INTO forum_assignments (thread_id, event_id, assignee_type, assignee_name, assignment_note,"
+        " assigned_by_type, assigned_by_name, assigned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (thread.thread_id, envelope.event_id, command.assignee_type, command.assignee_name,
+         command.assignment_note, envelope.actor_type, envelope.actor_name, envelope.occurred_at),
+    )
+    conn.execute(
+        "UPDATE forum_threads SET assignee_type = ?, assignee_name = ? WHERE thread_id = ?",
+        (command.assignee_type, command.assignee_name, thread.thread_id),
+    )
+    return envelope, ThreadAssigned(
+        assignee_type=command.assignee_type,
+        assignee_name=command.assignee_name,
+        assignment_note=command.assignment_note,
+    )
+
+
+def _change_state(conn: sqlite3.Connection, envelope: Envelope, command: ChangeState, thread: Thread
+                  ) -> Produced | None:
+    if command.to_state == thread.state:
+        return None
+    if command.to_state == "closed":
         return _close(conn, envelope, thread)
-    raise TypeError(f"unknown forum command {type(command).__name__}")
+    _transition(conn, envelope, thread, command.to_state)
+    return envelope, StateChanged(from_state=thread.state, to_state=command.to_state, priority=thread.priority)
+
+
+def _set_priority(conn: sqlite3.Connection, envelope: Envelope, command: SetPriority, thread: Thread
+                  ) -> Produced | None:
+    if command.priority == thread.priority:
+        return None
+    conn.execute("UPDATE forum_threads SET priority = ? WHERE thread_id = ?", (command.priority, thread.thread_id))
+    return envelope, PriorityChanged(from_priority=thread.priority, to_priority=command.priority, state=thread.state)
+
+
+def _close_thread(conn: sqlite3.Connection, envelope: Envelope, _command: CloseThread, thread: Thread
+                  ) -> Produced | None:
+    if thread.state == "closed":
+        return None  # closing a closed thread is an accepted no-op
+    return _close(conn, envelope, thread)
 
 
 def _close(conn: sqlite3.Connection, envelope: Envelope, thread: Thread) -> tuple[Envelope, ThreadClosed]:
@@ -280,13 +328,13 @@ def _transition(conn: sqlite3.Connection, envelope: Envelope, thread: Thread, to
 
 
 def _control_signal(
-    conn: sqlite3.Connection, envelope: Envelope, command: ControlSignal
+    conn: sqlite3.Connection, envelope: Envelope, command: ControlSignal, _thread: None
 ) -> tuple[Envelope, ControlSignalled]:
     run_id, agent_name = envelope.run_id, envelope.agent_name
     existing = control_thread_id(conn, run_id, agent_name)
     title = rules.control_thread_title(agent_name)
     opens = existing is None
-    if opens:
+    if existing is None:
         thread_id = envelope.thread_id
         conn.execute(
             "INSERT INTO forum_threads (thread_id, ticket, run_id, agent_name, title, state, priority,"
@@ -296,7 +344,8 @@ def _control_signal(
              envelope.occurred_at, envelope.occurred_at),
         )
         conn.execute(
-            "INSERT INTO forum_control_threads (run_id, agent_name, thread_id, ticket, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO forum_control_threads (run_id, agent_name, thread_id, ticket, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
             (run_id, agent_name, thread_id, envelope.ticket, envelope.occurred_at),
         )
     else:
@@ -321,6 +370,20 @@ def _insert_post(conn: sqlite3.Connection, post_id: str, envelope: Envelope, bod
         (post_id, envelope.thread_id, envelope.event_id, envelope.actor_type, envelope.actor_name, body,
          envelope.occurred_at),
     )
+
+
+# One handler per command body (registry.COMMANDS), checked on import.
+HANDLERS: dict[type, Handler] = {
+    OpenThread: Handler(_check_open_thread, _open_thread, addressed=False),
+    AddPost: Handler(_writable, _add_post),
+    AssignThread: Handler(_writable, _assign),
+    ChangeState: Handler(_check_change_state, _change_state),  # the state machine decides
+    SetPriority: Handler(_writable, _set_priority),
+    CloseThread: Handler(_existing, _close_thread),  # closing a closed thread is a no-op
+    ControlSignal: Handler(_no_thread, _control_signal, addressed=False),  # finds its thread when applied
+}
+registry.require_all("metawsm/forum/write_model.py HANDLERS", HANDLERS, (c.body for c in registry.COMMANDS),
+                     "command body")
 
 
 def _append_event(conn: sqlite3.Connection, event: EventMessage) -> None:
@@ -348,7 +411,7 @@ def _outcome_from_row(row: Any) -> CommandOutcome:
         sequence=row[4],
         error_code=row[5] or "",
         error_message=row[6] or "",
-        error_status=_status_for_code(row[5] or "") if status == "rejected" else 0,
+        error_status=status_of(row[5] or "") if status == "rejected" else 0,
     )
 
 
@@ -361,17 +424,13 @@ def _recorded_outcome(conn: sqlite3.Connection, event_id: str) -> CommandOutcome
 
 def recorded_outcomes(conn: sqlite3.Connection, event_ids: list[str]) -> list[CommandOutcome]:
     """The recorded verdicts among ``event_ids`` (any status), for waiters that missed them."""
-    outcomes = []
+    outcomes: list[CommandOutcome] = []
     for start in range(0, len(event_ids), 500):
         chunk = event_ids[start:start + 500]
         marks = ",".join("?" * len(chunk))
         rows = conn.execute(f"SELECT {_OUTCOME_COLUMNS} FROM forum_command_results WHERE event_id IN ({marks})", chunk)
         outcomes.extend(_outcome_from_row(row) for row in rows)
     return outcomes
-
-
-def _status_for_code(code: str) -> int:
-    return {"forum_thread_not_found": 404, "conflict": 409}.get(code, 400)
 
 
 def _record(conn: sqlite3.Connection, outcome: CommandOutcome, now: str) -> None:
@@ -403,3 +462,4 @@ EVENT_COLUMNS = (
     "sequence, event_id, event_type, event_version, occurred_at, thread_id, run_id, ticket, agent_name,"
     " actor_type, actor_name, correlation_id, causation_id, payload_json"
 )
+

@@ -6,13 +6,15 @@ import logging
 from typing import Any
 
 from metawsm.runs import store
-from metawsm.runs.wiring import workspace_provider_for
 from metawsm.runs.tmux import Tmux
+from metawsm.runs.wiring import workspace_provider_for
 
 log = logging.getLogger("metawsm.runs")
 
 
-def cleanup_run(conn: Any, run: store.RunRow, *, services: Any, keep_workspaces: bool, dry_run: bool = False) -> dict[str, Any]:
+def cleanup_run(
+    conn: Any, run: store.RunRow, *, services: Any, keep_workspaces: bool, dry_run: bool = False
+) -> dict[str, Any]:
     spec = run.spec
     tmux = Tmux(spec.tmux_socket)
     agents = store.agents(conn, run.run_id)
@@ -39,7 +41,8 @@ def cleanup_run(conn: Any, run: store.RunRow, *, services: Any, keep_workspaces:
     if services.tokens is not None:
         services.tokens.revoke_run(run.run_id)  # its agents are gone: so are their tokens
     store.record_event(conn, run.run_id, "cleanup", run.status, run.status,
-                       f"removed {len(sessions)} session(s)" + ("" if keep_workspaces else f" and {len(workspaces)} workspace(s)"))
+                       f"removed {len(sessions)} session(s)"
+                       + ("" if keep_workspaces else f" and {len(workspaces)} workspace(s)"))
     log.info("run %s cleaned up (%d sessions, workspaces %s)", run.run_id, len(sessions),
              "kept" if keep_workspaces else "removed")
     return summary

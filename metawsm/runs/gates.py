@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Callable
+from collections.abc import Callable
 
 from metawsm.runs import store
 from metawsm.runs.snapshot import control_rows

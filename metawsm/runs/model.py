@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from metawsm.actors.errors import Refusal
-from metawsm.policy import Policy
+from metawsm.policy import WORKSPACE_STRATEGIES, Policy
+from metawsm.text import Line, Text
 
 
 class RunStatus(str, enum.Enum):
@@ -44,15 +45,9 @@ LIVE = frozenset({S.RUNNING, S.AWAITING_GUIDANCE, S.COMPLETED, S.PAUSED})  # age
 
 
 class RunError(Refusal):
-    """A refused run command (HTTP 400 unless ``status`` says otherwise)."""
+    """A refused run command (HTTP 400 unless the class or the raise says otherwise)."""
 
     code = "run_failed"
-    status = 400
-
-    def __init__(self, message: str, code: str | None = None, status: int | None = None) -> None:
-        super().__init__(message, code)
-        if status is not None:
-            self.status = status
 
 
 class RunNotFound(RunError):
@@ -61,10 +56,29 @@ class RunNotFound(RunError):
 
 
 class GateBlocked(RunError):
-    """A close gate refused (exit 1 in the CLI: a runtime condition, not bad usage)."""
+    """A close gate refused: HTTP 409, and exit 1 in the CLI (a runtime condition, not bad
+    usage; ``close_blocked`` is in :data:`metawsm.cli.exit_codes.EXCEPTIONS`)."""
 
     code = "close_blocked"
     status = 409
+
+
+class RunStateRefused(RunError):
+    """A run action that cannot apply in the run's current status (resume a closing run,
+    restart one whose agents never started, cleanup of an active run): HTTP 409.  The message
+    names the status and what the action needs; nothing was changed."""
+
+    code = "run_transition_refused"
+    status = 409
+
+
+class RunGone(RunError):
+    """A run action that needs what is no longer there: HTTP 410.  ``run_cleaned_up`` when
+    ``cleanup`` removed the run's workspaces, ``workspace_gone`` when a workspace directory
+    vanished otherwise.  Nothing was changed; close (and cleanup) still work."""
+
+    code = "run_cleaned_up"
+    status = 410
 
 
 def transition_allowed(from_status: str, to_status: str) -> bool:
@@ -72,7 +86,7 @@ def transition_allowed(from_status: str, to_status: str) -> bool:
 
 
 def transition_error(run_id: str, from_status: str, to_status: str) -> RunError:
-    return RunError(f"run {run_id}: transition {from_status} -> {to_status} is not allowed", code="run_transition_refused")
+    return RunStateRefused(f"run {run_id}: transition {from_status} -> {to_status} is not allowed")
 
 
 # -- spec ---------------------------------------------------------------------------------------
@@ -86,8 +100,8 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class QA(msgspec.Struct, frozen=True, kw_only=True):
-    question: str
-    answer: str
+    question: Text
+    answer: Text
 
 
 class Brief(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,29 +155,34 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 # -- requests -----------------------------------------------------------------------------------
 
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+NonEmpty = Annotated[Line, msgspec.Meta(min_length=1)]
+RUN_MODES = ("run", "bootstrap")
 
 
 class BriefRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    goal: str = ""
-    scope: str = ""
-    done_criteria: str = ""
-    constraints: str = ""
-    merge_intent: str = ""
+    goal: Text = ""
+    scope: Text = ""
+    done_criteria: Text = ""
+    constraints: Text = ""
+    merge_intent: Text = ""
     qa: list[QA] = []
 
 
 class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """POST /api/v1/runs: start a run (or only plan it with ``dry_run``)."""
+    """POST /api/v1/runs: start a run (or only plan it with ``dry_run``).
 
-    mode: Annotated[str, msgspec.Meta(extra_json_schema={"enum": ["run", "bootstrap"]})] = "run"
+    ``mode`` and ``workspace_strategy`` are checked by the planner, which lists the allowed values.
+    """
+
+    mode: Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(RUN_MODES)})] = "run"
     tickets: list[NonEmpty]
     repos: list[NonEmpty]
-    doc_home_repo: str = ""
-    base_branch: str = ""
-    workspace_strategy: str = ""
-    agents: list[str] = []  # agent names from the policy; empty = all of them
-    cwd: str = ""  # directory repo names are resolved from; default: the daemon's
+    doc_home_repo: Line = ""
+    base_branch: Line = ""
+    # empty: the policy's workspace.default_strategy
+    workspace_strategy: Annotated[str, msgspec.Meta(extra_json_schema={"enum": ["", *WORKSPACE_STRATEGIES]})] = ""
+    agents: list[Line] = []  # agent names from the policy; empty = all of them
+    cwd: Line = ""  # directory repo names are resolved from; default: the daemon's
     dry_run: bool = False
     brief: BriefRequest | None = None
 
@@ -171,7 +190,7 @@ class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class RunActionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Options of POST /api/v1/runs/{run_id}/{action}."""
 
-    agent: str = ""  # restart: only this agent
+    agent: Line = ""  # restart: only this agent
     keep_workspaces: bool = False  # cleanup
     merge: bool = False  # close: merge workspace branches into the base branch
     dry_run: bool = False

@@ -16,7 +16,7 @@ from pathlib import Path
 from metawsm import ids
 from metawsm.clock import now_text
 from metawsm.defaults import DEFAULT_DB_PATH
-from metawsm.policy import AgentProfile, Policy, redacted_policy
+from metawsm.policy import WORKSPACE_STRATEGIES, AgentProfile, Policy, redacted_policy
 from metawsm.runs.model import BRIEF_FIELDS, AgentSpec, Brief, RunError, RunRequest, RunSpec
 from metawsm.runs.sockets import tmux_socket_for
 
@@ -37,7 +37,8 @@ def _checked_names(values: list[str], what: str) -> list[str]:
     names = [v.strip() for v in values if v.strip()]
     for name in names:
         if not _NAME.fullmatch(name) or ".." in name:
-            raise RunError(f'invalid {what} "{name}": use letters, digits, ".", "_" or "-" (max 100)', code="invalid_run")
+            raise RunError(f'invalid {what} "{name}": use letters, digits, ".", "_" or "-" (max 100)',
+                           code="invalid_run")
     if len({n.lower() for n in names}) != len(names):
         raise RunError(f"duplicate {what} in the request", code="invalid_run")
     return names
@@ -116,6 +117,10 @@ def plan_run(request: RunRequest, policy: Policy, *, policy_path: str, server_ur
     mode = request.mode
     if mode not in ("run", "bootstrap"):
         raise RunError(f'invalid mode "{mode}": must be run or bootstrap')
+    strategy = request.workspace_strategy
+    if strategy and strategy not in WORKSPACE_STRATEGIES:  # empty: the policy's default
+        raise RunError(f'invalid workspace_strategy "{strategy}": must be one of {", ".join(WORKSPACE_STRATEGIES)}',
+                       code="invalid_run")
     tickets = _checked_names(request.tickets, "ticket")
     repos = _checked_names(request.repos, "repo name")
     if not tickets:
@@ -127,6 +132,8 @@ def plan_run(request: RunRequest, policy: Policy, *, policy_path: str, server_ur
     profiles = {p.name: p for p in policy.agent_profiles}
     wanted = request.agents or [a.name for a in policy.agents]
     known = {a.name: a for a in policy.agents}
+    if len(set(wanted)) != len(wanted):  # one session per agent and workspace
+        raise RunError("duplicate agent in the request", code="invalid_run")
     unknown = [name for name in wanted if name not in known]
     if unknown:
         raise RunError(f'unknown agent "{unknown[0]}": the policy defines {", ".join(known) or "none"}')
@@ -147,13 +154,13 @@ def plan_run(request: RunRequest, policy: Policy, *, policy_path: str, server_ur
     cwd = request.cwd.strip() or str(base_dir)
     spec = RunSpec(
         run_id=run_id,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,  # type: ignore[arg-type]  # checked against the RunMode literals above
         tickets=tickets,
         repos=repos,
         doc_home_repo=doc_home,
         doc_seed_mode=policy.docs.seed_mode,
         base_branch=request.base_branch.strip() or policy.workspace.base_branch,
-        workspace_strategy=request.workspace_strategy.strip() or policy.workspace.default_strategy,
+        workspace_strategy=strategy or policy.workspace.default_strategy,
         agents=agents,
         policy_path=policy_path,
         dry_run=request.dry_run,

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from metawsm.actors.node import ActorNode
 from metawsm.actors.runs.messages import RUNS, CreateRun, RunCommand, run_path
 from metawsm.actors.system import ActorSystem
+from metawsm.idempotency_keys import KeyClaim
 from metawsm.runs import store
-from metawsm.runs.model import RunActionRequest, RunError, RunNotFound, RunRequest, RunSnapshot
+from metawsm.runs.model import RunError, RunNotFound, RunRequest, RunSnapshot
 from metawsm.runs.snapshot import build_snapshot
 from metawsm.services import Services
 
@@ -53,15 +55,17 @@ class RunsService:
 
         return await self.read(query)
 
-    async def create(self, request: RunRequest) -> RunSnapshot:
-        result = await self.system.ask_async(RUNS, CreateRun(request), timeout=CREATE_TIMEOUT)
+    async def create(self, request: RunRequest, idempotency: KeyClaim | None = None) -> RunSnapshot:
+        result = await self.system.ask_async(RUNS, CreateRun(request, idempotency), timeout=CREATE_TIMEOUT)
         if isinstance(result, RunSnapshot):
             return result  # a dry run: the plan, nothing stored
         return await self.snapshot(result)
 
-    async def act(self, run_id: str, action: str, options: RunActionRequest) -> Any:
+    async def act(self, command: RunCommand) -> Any:
+        """Give a run a command; the run's snapshot once it is done, or the cleanup summary."""
+        run_id = command.run_id
         await self.read(lambda conn: store.load_run(conn, run_id))  # 404 before anything else
-        result = await self.system.ask_async(RUNS, RunCommand(run_id, action, options), timeout=ACTION_TIMEOUT)
+        result = await self.system.ask_async(RUNS, command, timeout=ACTION_TIMEOUT)
         if isinstance(result, dict):
             return result  # cleanup summary
         return await self.snapshot(run_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from metawsm.clock import parse_time
 from metawsm.runs import store
@@ -52,7 +52,7 @@ def _age(at: str | None) -> float | None:
     if not at:
         return None
     try:
-        return round((datetime.now(timezone.utc) - parse_time(at)).total_seconds(), 1)
+        return round((datetime.now(UTC) - parse_time(at)).total_seconds(), 1)
     except ValueError:
         return None
 

@@ -7,7 +7,8 @@ recorded in ``events`` in the same transaction, so two writers can never both mo
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
@@ -73,13 +74,15 @@ def insert_run(
          msgspec.json.encode(spec).decode(), now, now),
     )
     conn.executemany(
-        "INSERT INTO run_steps (run_id, ordinal, ticket, name, status, attempts, error) VALUES (?, ?, ?, ?, 'pending', 0, '')",
+        "INSERT INTO run_steps (run_id, ordinal, ticket, name, status, attempts, error)"
+        " VALUES (?, ?, ?, ?, 'pending', 0, '')",
         [(spec.run_id, ordinal, ticket, name) for ordinal, (ticket, name) in enumerate(steps, start=1)],
     )
     conn.executemany(
         "INSERT INTO run_agents (run_id, agent_name, workspace, session_name, tmux_socket, workspace_path, status,"
         " health, restarts_used, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', '', 0, ?)",
-        [(spec.run_id, name, workspace, session, spec.tmux_socket, path, now) for name, workspace, session, path in agents],
+        [(spec.run_id, name, workspace, session, spec.tmux_socket, path, now)
+         for name, workspace, session, path in agents],
     )
     if brief is not None:
         conn.execute(
@@ -91,14 +94,18 @@ def insert_run(
     record_event(conn, spec.run_id, "created", "", "created", f"{spec.mode} run for {', '.join(spec.tickets)}")
 
 
-def record_event(conn: sqlite3.Connection, run_id: str, kind: str, from_status: str, to_status: str, message: str) -> None:
+def record_event(
+    conn: sqlite3.Connection, run_id: str, kind: str, from_status: str, to_status: str, message: str
+) -> None:
     conn.execute(
         "INSERT INTO events (run_id, at, kind, from_status, to_status, message) VALUES (?, ?, ?, ?, ?, ?)",
         (run_id, now_text(), kind, from_status, to_status, message),
     )
 
 
-def transition(conn: sqlite3.Connection, run_id: str, to_status: str, message: str = "", error: str | None = None) -> str:
+def transition(
+    conn: sqlite3.Connection, run_id: str, to_status: str, message: str = "", error: str | None = None
+) -> str:
     """Move the run to ``to_status`` if the table allows it; returns the previous status."""
     with write_transaction(conn):
         row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -152,7 +159,8 @@ def latest_run_for_ticket(conn: sqlite3.Connection, ticket: str) -> str:
 
 
 def non_terminal_run_ids(conn: sqlite3.Connection) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT run_id FROM runs WHERE status != 'closed' ORDER BY created_at").fetchall()]
+    rows = conn.execute("SELECT run_id FROM runs WHERE status != 'closed' ORDER BY created_at").fetchall()
+    return [r[0] for r in rows]
 
 
 def steps(conn: sqlite3.Connection, run_id: str) -> list[StepRow]:
@@ -169,7 +177,8 @@ def update_step(conn: sqlite3.Connection, run_id: str, ordinal: int, status: str
     with write_transaction(conn):
         if status == "running":
             conn.execute(
-                "UPDATE run_steps SET status = ?, attempts = attempts + 1, started_at = COALESCE(started_at, ?), error = ''"
+                "UPDATE run_steps SET status = ?, attempts = attempts + 1,"
+                " started_at = COALESCE(started_at, ?), error = ''"
                 " WHERE run_id = ? AND ordinal = ?",
                 (status, now, run_id, ordinal),
             )
@@ -196,7 +205,9 @@ def agents(conn: sqlite3.Connection, run_id: str) -> list[AgentRow]:
         " ORDER BY workspace, agent_name",
         (run_id,),
     ).fetchall()
-    return [AgentRow(*(r[i] if r[i] is not None or i in (8, 10, 11) else "" for i in range(14))) for r in rows]
+    # NULL becomes "" except in the columns that are optional (pane_pid, the two activity times).
+    values: list[list[Any]] = [[r[i] if r[i] is not None or i in (8, 10, 11) else "" for i in range(14)] for r in rows]
+    return [AgentRow(*row) for row in values]
 
 
 def update_agent(conn: sqlite3.Connection, run_id: str, agent_name: str, workspace: str, **fields: Any) -> None:
@@ -220,7 +231,8 @@ def brief(conn: sqlite3.Connection, run_id: str) -> Brief | None:
         return None
     from metawsm.runs.model import QA
 
-    qa = [QA(question=item.get("question", ""), answer=item.get("answer", "")) for item in _brief_qa.decode(row[5] or "[]")]
+    qa = [QA(question=item.get("question", ""), answer=item.get("answer", ""))
+          for item in _brief_qa.decode(row[5] or "[]")]
     return Brief(goal=row[0], scope=row[1], done_criteria=row[2], constraints=row[3], merge_intent=row[4], qa=qa)
 
 

@@ -397,7 +397,8 @@ class Tmux:
         commands: list[list[str]] = [["has-session", "-t", f"={name}"]]
         # ``-e`` reaches only the new process: the session's own environment (what a window opened
         # later, or ``show-environment``, sees) is updated too, or it would keep e.g. a revoked token.
-        commands += [["set-environment", "-t", f"={name}", _arg(key), _arg(value)] for key, value in (env or {}).items()]
+        commands += [["set-environment", "-t", f"={name}", _arg(key), _arg(value)]
+                     for key, value in (env or {}).items()]
         commands.append(command)
         if log_path:
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,7 @@ def _connect_file(path: Path, read_only: bool) -> sqlite3.Connection:
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
-        return code & 0xFF == sqlite3.SQLITE_BUSY
+        return bool(code & 0xFF == sqlite3.SQLITE_BUSY)
     return "locked" in str(exc)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from metawsm.clock import now_text
-from metawsm.store import schema_auth, schema_forum, schema_runs
+from metawsm.store import schema_auth, schema_forum, schema_idempotency, schema_runs
 from metawsm.store.db import StoreError, write_transaction
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "forum schema", schema_forum.apply),
     Migration(2, "run tables", schema_runs.apply),
     Migration(3, "agent tokens", schema_auth.apply),
+    Migration(4, "api idempotency keys", schema_idempotency.apply),
 )
 
 

@@ -33,4 +33,4 @@ def apply(db: sqlite_utils.Database) -> None:
         pk="token_sha256",
         not_null={"run_id", "ticket", "agent_name", "created_at"},
     )
-    db[TABLE].create_index(["run_id", "ticket", "agent_name"], index_name="agent_tokens_by_agent")
+    db.table(TABLE).create_index(["run_id", "ticket", "agent_name"], index_name="agent_tokens_by_agent")

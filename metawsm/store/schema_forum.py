@@ -71,7 +71,7 @@ def next_event_sequence(conn: sqlite3.Connection) -> int:
 
 def _index(db: sqlite_utils.Database, table: str, *columns: str, unique: bool = False) -> None:
     prefix = "ux" if unique else "ix"
-    db[table].create_index(list(columns), index_name=f"{prefix}_{table}_{'_'.join(columns)}", unique=unique)
+    db.table(table).create_index(list(columns), index_name=f"{prefix}_{table}_{'_'.join(columns)}", unique=unique)
 
 
 def _write_model(db: sqlite_utils.Database) -> None:

@@ -26,7 +26,7 @@ _RUN_FK = [("run_id", "runs", "run_id")]
 
 def _index(db: sqlite_utils.Database, table: str, *columns: str, unique: bool = False) -> None:
     prefix = "ux" if unique else "ix"
-    db[table].create_index(list(columns), index_name=f"{prefix}_{table}_{'_'.join(columns)}", unique=unique)
+    db.table(table).create_index(list(columns), index_name=f"{prefix}_{table}_{'_'.join(columns)}", unique=unique)
 
 
 def apply(db: sqlite_utils.Database) -> None:
@@ -91,7 +91,8 @@ def apply(db: sqlite_utils.Database) -> None:
             "updated_at": str,
         },
         pk=("run_id", "agent_name", "workspace"),
-        not_null={"run_id", "agent_name", "workspace", "session_name", "status", "health", "restarts_used", "updated_at"},
+        not_null={"run_id", "agent_name", "workspace", "session_name", "status", "health", "restarts_used",
+                  "updated_at"},
         defaults={
             "session_name": "", "tmux_socket": "", "workspace_path": "", "health": "",
             "restarts_used": 0, "last_error": "",

@@ -5,10 +5,16 @@ start the daemon claims ``<stream_name>:owner``: a key holding JSON ``{db_path, 
 claimed_at}`` with a TTL (15 s by default), refreshed every ``ttl / 3`` while it runs.
 
 * :meth:`NamespaceClaim.claim` succeeds when the key is absent (never claimed, expired, or
-  lost with a Redis restart) or held for the same database path (a restarted daemon on the
-  same DB takes over from its dead predecessor); otherwise it raises :class:`NamespaceTaken`.
+  lost with a Redis restart), or when it names the same database (same host, same path) and
+  the caller holds that database's lock (:mod:`metawsm.daemon_lock`): the lock proves the
+  recorded daemon is dead, so a daemon restarted after a crash takes over at once.  Without
+  the lock a record of the same database is refused like any other, so no process of the
+  same database can take the namespace from a live daemon.  Otherwise it raises
+  :class:`NamespaceTaken`.
 * :meth:`NamespaceClaim.refresh` extends our claim, re-creates it if Redis lost it, and
-  raises :class:`NamespaceTaken` if someone else holds it now.
+  raises :class:`NamespaceTaken` if someone else holds it now.  A lost claim stays lost
+  (:attr:`NamespaceClaim.lost`): every later refresh raises the same error again, so the
+  owner handles the loss once instead of tripping over a claim it no longer has.
 * :meth:`NamespaceClaim.release` deletes the key only while it is still ours.
 
 Every check-and-set runs as one Lua script, so two daemons starting at once cannot both win.
@@ -27,6 +33,7 @@ import redis
 from redis.commands.core import Script
 
 from metawsm.clock import now_text
+from metawsm.redact import redact_url
 from metawsm.transport.streams import (
     DEFAULT_SOCKET_TIMEOUT,
     BusUnavailable,
@@ -34,18 +41,21 @@ from metawsm.transport.streams import (
     is_transient,
     one_line,
     open_client,
-    redact_url,
 )
 
 DEFAULT_CLAIM_TTL = 15.0
 
-# KEYS[1] owner key; ARGV[1] our record; ARGV[2] our db_path; ARGV[3] ttl ms.
+# KEYS[1] owner key; ARGV[1] our record; ARGV[2] our db_path; ARGV[3] ttl ms; ARGV[4] our
+# host; ARGV[5] '1' when we hold the database lock (a record of our database is a dead one's).
 # Returns nil when we hold the key now, else the holder's record.
 _CLAIM = """
 local current = redis.call('GET', KEYS[1])
 if current and current ~= ARGV[1] then
+  if ARGV[5] ~= '1' then
+    return current
+  end
   local ok, record = pcall(cjson.decode, current)
-  if not ok or type(record) ~= 'table' or record['db_path'] ~= ARGV[2] then
+  if not ok or type(record) ~= 'table' or record['db_path'] ~= ARGV[2] or record['host'] ~= ARGV[4] then
     return current
   end
 end
@@ -118,7 +128,9 @@ class NamespaceClaim:
     """This daemon's claim on ``stream_name``, for the database at ``db_path``.
 
     ``pid`` and ``host`` default to this process; they are parameters so tests can act as
-    several daemons.  Call :meth:`refresh` every :attr:`refresh_interval` seconds.
+    several daemons.  Pass ``holds_database_lock=True`` only while this process holds the
+    database's :class:`~metawsm.daemon_lock.DatabaseLock`: it is what allows taking over a
+    record of the same database.  Call :meth:`refresh` every :attr:`refresh_interval` seconds.
     """
 
     def __init__(
@@ -131,6 +143,7 @@ class NamespaceClaim:
         pid: int | None = None,
         host: str | None = None,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        holds_database_lock: bool = False,
     ) -> None:
         if not stream_name:
             raise ValueError("stream_name must not be empty")
@@ -150,6 +163,8 @@ class NamespaceClaim:
         self._release = self._client.register_script(_RELEASE)
         self._record: OwnerRecord | None = None
         self._encoded: bytes | None = None
+        self._takeover = "1" if holds_database_lock else "0"
+        self._lost: NamespaceTaken | None = None
 
     @property
     def refresh_interval(self) -> float:
@@ -160,22 +175,30 @@ class NamespaceClaim:
         """Our record while we hold the claim (after :meth:`claim`), else None."""
         return self._record
 
+    @property
+    def lost(self) -> NamespaceTaken | None:
+        """Why our claim was lost (another daemon holds the namespace now), or None."""
+        return self._lost
+
     def claim(self) -> OwnerRecord:
         """Take the namespace or raise :class:`NamespaceTaken`; idempotent while we hold it."""
         record = self._record or OwnerRecord(self.db_path, self._pid, self._host, now_text())
         encoded = self._encoded or msgspec.json.encode(record)
-        reply = self._run(self._claim, encoded, self.db_path, self._ttl_ms)
+        reply = self._run(self._claim, encoded, self.db_path, self._ttl_ms, self._host, self._takeover)
         if reply is not None:
             raise NamespaceTaken(self.stream_name, _decode_owner(reply))
-        self._record, self._encoded = record, encoded
+        self._record, self._encoded, self._lost = record, encoded, None
         return record
 
     def refresh(self) -> bool:
         """Extend the claim; True if Redis had lost it and it was set again.
 
         Raises :class:`NamespaceTaken` when another daemon holds the namespace now (ours
-        expired while we were stalled, or a newer daemon on the same DB took over).
+        expired while we were stalled and another database claimed it), and raises that same
+        error again on every call after, without asking Redis: the claim is lost for good.
         """
+        if self._lost is not None:  # a fresh instance: re-raising one object grows its traceback
+            raise NamespaceTaken(self._lost.stream_name, self._lost.owner)
         if self._encoded is None:
             raise RuntimeError("refresh() before claim()")
         reply = self._run(self._refresh, self._encoded, self._ttl_ms)
@@ -184,7 +207,8 @@ class NamespaceClaim:
         if reply == 2:
             return True
         self._record, self._encoded = None, None
-        raise NamespaceTaken(self.stream_name, _decode_owner(reply))
+        self._lost = NamespaceTaken(self.stream_name, _decode_owner(reply))
+        raise self._lost
 
     def release(self) -> bool:
         """Delete the key if it is still ours; True if it was."""

@@ -30,12 +30,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from metawsm.redact import redact_url  # re-exported: callers and tests import it from here
 
 DEFAULT_STREAM_NAME = "metawsm-forum"
 DEFAULT_GROUP = "metawsm-forum"
@@ -221,21 +222,6 @@ class GroupMissing(TransportError):
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe for logs and error messages)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable redis url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def one_line(error: BaseException) -> str:

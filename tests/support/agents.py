@@ -276,7 +276,7 @@ class RunsEnv:
         self.workspace_root = self.daemon_dir / ".metawsm" / "workspaces"
         self.bin_dir = self.serve.db_path.parent / "bin"  # where the daemon keeps its metawsm shim
 
-    def start(self) -> "RunsEnv":
+    def start(self) -> RunsEnv:
         self.serve.start()
         return self
 

@@ -85,7 +85,7 @@ class ServeProcess:
             self.process = subprocess.Popen(self.argv(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
                                             env=env)
 
-    def start(self, timeout: float = 20.0) -> "ServeProcess":
+    def start(self, timeout: float = 20.0) -> ServeProcess:
         self.spawn()
         wait_until(self._ready, timeout=timeout, message=f"metawsm serve on {self.url} did not become ready; log:\n"
                    + "see " + str(self.log_path))
@@ -120,6 +120,6 @@ class ServeProcess:
             self.process.kill()
             self.process.wait()
 
-    def restart(self) -> "ServeProcess":
+    def restart(self) -> ServeProcess:
         self.stop()
         return self.start()

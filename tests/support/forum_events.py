@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from metawsm.clock import format_time
@@ -41,7 +41,7 @@ from metawsm.forum.projections import Projection
 from metawsm.forum.projections.registry import all_projections
 from metawsm.store.db import write_transaction
 
-BASE_TIME = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+BASE_TIME = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 @dataclass
@@ -85,7 +85,7 @@ class ForumEvents:
         event_id = self._id("fevt")
         envelope = Envelope(
             event_id=event_id,
-            event_type=type(payload).__struct_config__.tag,  # type: ignore[arg-type]
+            event_type=type(payload).__struct_config__.tag,  # type: ignore[arg-type]  # a struct tag is the event type string
             occurred_at=format_time(self.now),
             thread_id=thread.thread_id,
             run_id=thread.run_id,

@@ -28,7 +28,12 @@ RESYNC_SECONDS = 1.0
 
 
 class _Resync(msgspec.Struct, frozen=True):
-    pass
+    """The broker's own safety sweep: sinks with ``resync(conn)`` catch up from SQLite."""
+
+
+# All tells: Applied (from the announcing projections), CommandsDecided (from the handler) and
+# _Resync, the broker's own sweep.
+BrokerMessage = Applied | CommandsDecided | _Resync
 
 
 class EventBroker(ManagedActor):
@@ -49,22 +54,23 @@ class EventBroker(ManagedActor):
         return {"sinks": len(self.sinks.all()), "events_total": self.events_total, "last_sequence": self.last_sequence}
 
     def handle(self, message: Any) -> Any:
-        if isinstance(message, Applied):
-            if message.projection == "thread_views" and message.events:
-                self.events_total += len(message.events)
-                self.last_sequence = message.events[-1].sequence
-            for sink in self._quick_first(self.sinks.all()):
-                self._safely(sink.events_applied, message.projection, message.events)
-        elif isinstance(message, CommandsDecided):
-            for sink in self.sinks.all():
-                self._safely(sink.commands_decided, message.outcomes)
-        elif isinstance(message, _Resync):
-            for sink in self.sinks.all():
-                resync = getattr(sink, "resync", None)
-                if resync is not None:
-                    self._safely(resync, self.conn)
-        else:
-            return super().handle(message)
+        match message:
+            case Applied(projection=projection, events=events):
+                if projection == "thread_views" and events:
+                    self.events_total += len(events)
+                    self.last_sequence = events[-1].sequence
+                for sink in self._quick_first(self.sinks.all()):
+                    self._safely(sink.events_applied, projection, events)
+            case CommandsDecided(outcomes=outcomes):
+                for sink in self.sinks.all():
+                    self._safely(sink.commands_decided, outcomes)
+            case _Resync():
+                for sink in self.sinks.all():
+                    resync = getattr(sink, "resync", None)
+                    if resync is not None:
+                        self._safely(resync, self.conn)
+            case _:
+                return super().handle(message)
         return None
 
     @staticmethod
@@ -77,5 +83,5 @@ class EventBroker(ManagedActor):
     def _safely(fn: Any, *args: Any) -> None:
         try:
             fn(*args)
-        except Exception:  # noqa: BLE001 - one broken sink must not starve the others
+        except Exception:
             log.exception("event sink failed")

@@ -23,4 +23,5 @@ def open_bus(services: Any, role: str) -> StreamBus:
 
 def consumed_topics(services: Any) -> list[str]:
     """Every stream the daemon consumes: all command topics and all event topics."""
-    return services.topics.all_commands() + services.topics.all_events()
+    topics: list[str] = services.topics.all_commands() + services.topics.all_events()
+    return topics

@@ -11,7 +11,8 @@ which tells the actor what it read; the actor itself never blocks on Redis for l
 delivery reports (and the next batch they release), acks, stop and fault injection are
 handled the moment they arrive instead of after the current read's block.  A read error
 ends the reader; the actor handles it (backoff, or recreating lost groups) and starts a
-new one.  The reader stops reading while ``MAX_IN_FLIGHT`` entries wait for their workers.
+new one.  The reader pauses while too many entries (``delivery.MAX_IN_FLIGHT``) wait for
+their workers.
 
 **Projections one after another.**  An event goes to ``thread_views`` first (what callers
 and WebSocket clients wait for), then to each other projection in turn, each as soon as
@@ -21,10 +22,16 @@ context switches that made each of them, ``thread_views`` included, several time
 Under load the projections still overlap, one batch apart.
 
 **One delivery in flight per worker.**  While a worker is busy with a ``Deliver``, entries
-for it are queued here and go out together, in one ``Deliver``, as soon as it reports.
+for it are queued and go out together, in one ``Deliver``, as soon as it reports.
 Each ``Deliver`` is one write transaction in the worker, so under load the batch grows to
 what arrived during the previous one (group commit at every hop: fewer commits, fsyncs and
 write-lock hand-overs per entry), and when idle an entry still goes out at once.
+
+The bookkeeping behind all this (what is in flight, which worker is busy, what waits for it,
+retry or count, when to park, what to ack, when the reader must pause) is a
+:class:`~metawsm.actors.forum.delivery.DeliveryTracker`, with no threads and no I/O; this
+actor owns the reader thread and every Redis, SQLite and actor call, and does what the
+tracker's answers ask, in the order they list it.
 """
 
 from __future__ import annotations
@@ -40,13 +47,13 @@ import msgspec
 from metawsm.actors.bridge import CallbackReply
 from metawsm.actors.errors import ActorUnavailable
 from metawsm.actors.forum.bus import READ_BLOCK_MS, consumed_topics, open_bus
+from metawsm.actors.forum.delivery import DeliveryTracker, Parking, Retry
 from metawsm.actors.forum.messages import (
     HANDLER,
     RELAY,
     Deliver,
     DeliveryDone,
     DeliveryReport,
-    Entry,
     Flush,
     Poll,
     Reconcile,
@@ -56,30 +63,14 @@ from metawsm.actors.managed import ManagedActor
 from metawsm.actors.messages import Request
 from metawsm.clock import now_text
 from metawsm.forum import outbox
-from metawsm.forum.messages import CommandMessage, EventMessage, decode_bus_message
 from metawsm.forum.projections.registry import PROJECTION_NAMES
 from metawsm.store import write_transaction
 from metawsm.transport.streams import BusUnavailable, GroupMissing, InboundEntry, TransportError
 
 log = logging.getLogger("metawsm.forum")
 
-READ_COUNT = 500
-MAX_IN_FLIGHT = 5000
-RECLAIM_EVERY_SECONDS = 10.0
-RECLAIM_MIN_IDLE_MS = 30_000
-RETRY_UNAVAILABLE_SECONDS = 0.02
-RETRY_FAILED_SECONDS = 0.05
-MAX_DELIVER = 1000  # entries per Deliver (one worker transaction)
-BUSY_STALE_SECONDS = 10.0  # a worker that has not reported for this long gets the next batch anyway
-BACKOFF_INITIAL = 0.1
-# Retrying Redis once a second costs nothing, and it bounds how long the pipeline stays
-# stopped after Redis is back (it also wakes the relay out of its own, longer, backoff).
-BACKOFF_MAX = 1.0
 
-
-class _Redeliver(msgspec.Struct, frozen=True):
-    target: str
-    keys: tuple[str, ...]
+# -- the mailbox ----------------------------------------------------------------------------
 
 
 class _Read(msgspec.Struct, frozen=True):
@@ -101,14 +92,35 @@ class _Tick(msgspec.Struct, frozen=True):
     """Housekeeping: reconcile still owed, periodic reclaim."""
 
 
-class _AckNow(msgspec.Struct, frozen=True):
-    """XACK what finished since the last ack (queued behind what is already waiting)."""
-
-
 class _LateReclaim(msgspec.Struct, frozen=True):
     """Claim once more, a moment after start, what the previous incarnation's reader took."""
 
 
+class _AckNow(msgspec.Struct, frozen=True):
+    """XACK what finished since the last ack (queued behind what is already waiting)."""
+
+
+class _Redeliver(msgspec.Struct, frozen=True):
+    """A retry's time has come: deliver ``keys`` (those still in flight) to ``target``."""
+
+    target: str
+    keys: tuple[str, ...]
+
+
+# The consumer's mailbox.  Tells, all of them: _Read and _ReadFailed (from the reader thread),
+# _Tick, _LateReclaim, _AckNow, _Redeliver and Poll (its own timers and continuations; Poll
+# after a Redis backoff), DeliveryDone (a worker's answer to a Deliver, through its reply
+# callbacks).  Requests: none; the consumer answers nothing but the runtime's Ping.
+ConsumerMessage = _Read | _ReadFailed | _Tick | _LateReclaim | _AckNow | _Redeliver | Poll | DeliveryDone
+
+
+READ_COUNT = 500
+RECLAIM_EVERY_SECONDS = 10.0
+RECLAIM_MIN_IDLE_MS = 30_000
+BACKOFF_INITIAL = 0.1
+# Retrying Redis once a second costs nothing, and it bounds how long the pipeline stays
+# stopped after Redis is back (it also wakes the relay out of its own, longer, backoff).
+BACKOFF_MAX = 1.0
 TICK_SECONDS = 0.1
 READER_BLOCK_MS = READ_BLOCK_MS * 2
 # The previous incarnation's reader is not waited for (its blocking read cannot be cut
@@ -160,21 +172,8 @@ class _Reader(threading.Thread):
                 _safe_tell(self.actor_ref, _Read(self.number, entries))
         try:
             self.bus.close()  # the connection a retried read may have reopened
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - closing a connection that may be broken is best effort
             pass
-
-
-class _InFlight:
-    __slots__ = ("entry", "message", "remaining", "chain", "attempts", "errors", "parked")
-
-    def __init__(self, entry: InboundEntry, message: Any, targets: list[str]) -> None:
-        self.entry = entry
-        self.message = message
-        self.remaining = set(targets)
-        self.chain = list(targets[1:])  # workers that get the entry once the one before is done
-        self.attempts: dict[str, int] = {}
-        self.errors: dict[str, str] = {}
-        self.parked = False  # recorded once, however many targets gave up on it
 
 
 class StreamConsumer(ManagedActor):
@@ -184,14 +183,14 @@ class StreamConsumer(ManagedActor):
         services = self.system.services
         self.services = services
         self.status = services.bus
-        self.max_attempts = services.policy.forum.max_attempts
         self.conn: sqlite3.Connection = services.db.connect()
         self.bus = open_bus(services, "consumer")
         self.topics = consumed_topics(services)
-        self.event_targets = [projection_path(name) for name in PROJECTION_NAMES]
-        self.in_flight: dict[str, _InFlight] = {}
-        self._busy: dict[str, float] = {}  # worker -> when its outstanding Deliver was sent
-        self._queued: dict[str, dict[str, None]] = {}  # worker -> keys waiting for it (ordered set)
+        self.tracker = DeliveryTracker(
+            command_targets=[HANDLER],
+            event_targets=[projection_path(name) for name in PROJECTION_NAMES],
+            max_attempts=services.policy.forum.max_attempts,
+        )
         self._groups_ready = False
         # Reconcile is owed until told to the relay: set on start and whenever Redis lost our
         # groups, so a failure half-way through recreating them cannot skip it.
@@ -200,7 +199,6 @@ class StreamConsumer(ManagedActor):
         self._last_reclaim = time.monotonic()
         self._reader: _Reader | None = None
         self._readers_started = 0
-        self._to_ack: list[InboundEntry] = []
         self.acked_total = 0
         self.parked_total = 0
         self.status.consumer_running = True
@@ -219,32 +217,32 @@ class StreamConsumer(ManagedActor):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "in_flight": len(self.in_flight),
+            "in_flight": len(self.tracker),
             "acked_total": self.acked_total,
             "parked_total": self.parked_total,
             "groups_ready": self._groups_ready,
         }
 
     def handle(self, message: Any) -> Any:
-        if isinstance(message, _Read):
-            self._read(message)
-        elif isinstance(message, _ReadFailed):
-            self._read_failed(message)
-        elif isinstance(message, _Tick):
-            self._tick()
-        elif isinstance(message, _LateReclaim):
-            self._late_reclaim()
-        elif isinstance(message, _AckNow):
-            entries, self._to_ack = self._to_ack, []
-            self._ack(entries)
-        elif isinstance(message, Poll):
-            self._poll()
-        elif isinstance(message, DeliveryDone):
-            self._delivery_done(message)
-        elif isinstance(message, _Redeliver):
-            self._send(message.target, [k for k in message.keys if k in self.in_flight])
-        else:
-            return super().handle(message)
+        match message:
+            case _Read():
+                self._read(message)
+            case _ReadFailed():
+                self._read_failed(message)
+            case _Tick():
+                self._tick()
+            case _LateReclaim():
+                self._late_reclaim()
+            case _AckNow():
+                self._ack(self.tracker.take_acks())
+            case Poll():
+                self._poll()
+            case DeliveryDone():
+                self._delivery_done(message)
+            case _Redeliver(target=target, keys=keys):
+                self._send(target, self.tracker.in_flight(keys))
+            case _:
+                return super().handle(message)
         return None
 
     # -- reading --------------------------------------------------------------------------
@@ -280,9 +278,10 @@ class StreamConsumer(ManagedActor):
     def _update_room(self) -> None:
         if self._reader is None:
             return
-        if len(self.in_flight) >= MAX_IN_FLIGHT:
+        room = self.tracker.reader_room()
+        if room is False:
             self._reader.room.clear()
-        elif len(self.in_flight) < MAX_IN_FLIGHT // 2:
+        elif room:
             self._reader.room.set()
 
     def _ask_reconcile(self) -> None:
@@ -363,49 +362,21 @@ class StreamConsumer(ManagedActor):
         me = self.actor_ref
         self.system.scheduler.call_later(self._backoff, lambda: _safe_tell(me, Poll()))
 
-    # -- routing and delivery -------------------------------------------------------------
+    # -- delivery: the tracker decides, the actor does ------------------------------------
 
     def _route(self, entries: list[InboundEntry]) -> None:
-        batches: dict[str, list[str]] = {}
-        for entry in entries:
-            key = f"{entry.stream}/{entry.entry_id}"
-            if key in self.in_flight:
-                continue
-            try:
-                message = decode_bus_message(entry.payload)
-            except (msgspec.DecodeError, msgspec.ValidationError) as error:
-                record = _InFlight(entry, None, [])
-                self._park(record, f"undecodable entry: {error}", attempts=1)
-                continue
-            if isinstance(message, CommandMessage):
-                targets = [HANDLER]
-            elif isinstance(message, EventMessage):
-                targets = self.event_targets
-            else:  # pragma: no cover - the union has two members
-                continue
-            self.in_flight[key] = _InFlight(entry, message, targets)
-            batches.setdefault(targets[0], []).append(key)
-        for target, keys in batches.items():
+        admitted = self.tracker.admit(entries)
+        for parking in admitted.parkings:
+            self._park(parking)
+        for target, keys in admitted.sends.items():
             self._send(target, keys)
 
     def _send(self, target: str, keys: list[str]) -> None:
-        if not keys:
+        batch = self.tracker.batch(target, keys, time.monotonic())
+        if batch is None:
             return
-        now = time.monotonic()
-        sent_at = self._busy.get(target)
-        if sent_at is not None and now - sent_at < BUSY_STALE_SECONDS:
-            self._queued.setdefault(target, {}).update(dict.fromkeys(keys))
-            return
-        if len(keys) > MAX_DELIVER:
-            self._queued.setdefault(target, {}).update(dict.fromkeys(keys[MAX_DELIVER:]))
-            keys = keys[:MAX_DELIVER]
-        self._busy[target] = now
-        entries = [
-            Entry(key=k, message=self.in_flight[k].message, message_id=self.in_flight[k].entry.message_id)
-            for k in keys
-        ]
         me = self.actor_ref
-        key_tuple = tuple(keys)
+        key_tuple = batch.keys
 
         def done(report: DeliveryReport) -> None:
             _safe_tell(me, DeliveryDone(target=target, keys=key_tuple, failed=report.failed))
@@ -426,67 +397,28 @@ class StreamConsumer(ManagedActor):
         try:
             if ref is None:
                 raise ActorUnavailable(target)
-            ref.tell(Request(body=Deliver(entries=entries), reply=CallbackReply(done, failed)))
+            ref.tell(Request(body=Deliver(entries=batch.entries), reply=CallbackReply(done, failed)))
         except Exception:  # noqa: BLE001 - dead or restarting worker: try again shortly
-            self._busy.pop(target, None)
-            self._schedule(RETRY_UNAVAILABLE_SECONDS, target, key_tuple)
+            self._schedule(self.tracker.undeliverable(batch))
 
-    def _send_queued(self, target: str) -> None:
-        queued = self._queued.pop(target, None)
-        if queued:
-            keys = [k for k in queued if k in self.in_flight and target in self.in_flight[k].remaining]
-            self._send(target, keys)
-
-    def _schedule(self, delay: float, target: str, keys: tuple[str, ...]) -> None:
+    def _schedule(self, retry: Retry) -> None:
         me = self.actor_ref
-        self.system.scheduler.call_later(delay, lambda: _safe_tell(me, _Redeliver(target, keys)))
+        message = _Redeliver(retry.target, retry.keys)
+        self.system.scheduler.call_later(retry.delay, lambda: _safe_tell(me, message))
 
     def _delivery_done(self, report: DeliveryDone) -> None:
-        self._busy.pop(report.target, None)
-        finished: list[_InFlight] = []
-        retry_now: list[str] = []
-        retry_later: dict[float, list[str]] = {}
-        onward: dict[str, list[str]] = {}
-        for key in report.keys:
-            record = self.in_flight.get(key)
-            if record is None or report.target not in record.remaining:
-                continue
-            error = report.failed.get(key)
-            if error is None:
-                record.remaining.discard(report.target)
-            elif report.retry_only or error.startswith("retry:"):
-                retry_now.append(key)
-                continue
-            else:
-                attempts = record.attempts.get(report.target, 0) + 1
-                record.attempts[report.target] = attempts
-                record.errors[report.target] = error
-                if attempts >= self.max_attempts:
-                    if not record.parked:
-                        self._park(record, f"{report.target}: {error}", attempts)
-                    record.remaining.discard(report.target)
-                else:
-                    delay = RETRY_FAILED_SECONDS * (2 ** (attempts - 1))
-                    retry_later.setdefault(delay, []).append(key)
-                    continue
-            if record.chain:
-                onward.setdefault(record.chain.pop(0), []).append(key)
-            elif not record.remaining:
-                finished.append(record)
-                del self.in_flight[key]
-        for target, keys in onward.items():
+        reported = self.tracker.report(report)
+        for parking in reported.parkings:
+            self._park(parking)
+        for target, keys in reported.onward:
             self._send(target, keys)
-        if retry_now:
-            self._schedule(RETRY_UNAVAILABLE_SECONDS, report.target, tuple(retry_now))
-        for delay, keys in retry_later.items():
-            self._schedule(delay, report.target, tuple(keys))
-        self._send_queued(report.target)
-        if finished:
+        for retry in reported.retries:
+            self._schedule(retry)
+        self._send(report.target, reported.queued)
+        if reported.ack_soon:
             # Acked a moment later, in one XACK: a read or a report already waiting is handled
             # first (the ack is a Redis round trip, and nobody waits for it).
-            if not self._to_ack:
-                self.tell_self(_AckNow())
-            self._to_ack.extend(r.entry for r in finished)
+            self.tell_self(_AckNow())
         self._update_room()
 
     def _ack(self, entries: list[InboundEntry]) -> None:
@@ -501,9 +433,8 @@ class StreamConsumer(ManagedActor):
         self.status.last_processed_at = now_text()
         self.status.consecutive_errors = 0
 
-    def _park(self, record: _InFlight, error: str, attempts: int) -> None:
-        record.parked = True
-        entry = record.entry
+    def _park(self, parking: Parking) -> None:
+        entry = parking.entry
         message_id = entry.message_id or f"fmsg_unknown_{entry.entry_id}"
         with write_transaction(self.conn):
             outbox.park(
@@ -513,14 +444,15 @@ class StreamConsumer(ManagedActor):
                 stream=entry.stream,
                 stream_entry_id=entry.entry_id,
                 payload=entry.payload,
-                attempts=attempts,
-                error=error,
+                attempts=parking.attempts,
+                error=parking.error,
                 now=now_text(),
             )
         self.parked_total += 1
         self.status.parked_total += 1
-        log.error("parked stream entry %s (%s) after %d attempt(s): %s", message_id, entry.topic, attempts, error)
-        if record.message is None:
+        log.error("parked stream entry %s (%s) after %d attempt(s): %s",
+                  message_id, entry.topic, parking.attempts, parking.error)
+        if parking.ack:
             self._ack([entry])
 
 

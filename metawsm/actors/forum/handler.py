@@ -33,6 +33,9 @@ from metawsm.store import write_transaction
 
 log = logging.getLogger("metawsm.forum")
 
+# A single request, from the consumer: Deliver -> DeliveryReport (the entries that failed).
+HandlerMessage = Deliver
+
 # Commands whose verdict is missing, in intake order, between two outbox ids.  Parked rows
 # are skipped: they wait for an operator's replay.
 _UNDECIDED = (
@@ -71,9 +74,11 @@ class CommandHandler(ManagedActor):
         }
 
     def handle(self, message: Any) -> Any:
-        if isinstance(message, Deliver):
-            return self._apply(message)
-        return super().handle(message)
+        match message:
+            case Deliver():
+                return self._apply(message)
+            case _:
+                return super().handle(message)
 
     # -- ordering ---------------------------------------------------------------------------
 
@@ -129,7 +134,7 @@ class CommandHandler(ManagedActor):
                     continue
                 if isinstance(message, CommandMessage):
                     ordered.append((int(row_id), None, message))
-            ordered.sort(key=lambda item: item[0])  # type: ignore[arg-type, return-value]
+            ordered.sort(key=lambda item: item[0])  # type: ignore[arg-type, return-value]  # the row id is an int in every entry
         return ordered + foreign
 
     # -- applying ---------------------------------------------------------------------------
@@ -194,7 +199,7 @@ class CommandHandler(ManagedActor):
                     self.conn.execute("SAVEPOINT command")
                 try:
                     outcome, event = apply_command(self.conn, command, self.topics, now)
-                except Exception as error:  # noqa: BLE001 - isolate a poison command
+                except Exception as error:
                     if not isolate:
                         raise
                     self.conn.execute("ROLLBACK TO command")

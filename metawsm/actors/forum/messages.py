@@ -8,6 +8,7 @@ import msgspec
 
 from metawsm.forum.messages import CommandMessage, EventMessage
 from metawsm.forum.write_model import CommandOutcome
+from metawsm.idempotency_keys import KeyClaim
 
 # Paths of the pipeline actors, so callers address them by name, never by ref.
 FORUM = "root/forum"
@@ -24,11 +25,16 @@ def projection_path(name: str) -> str:
 
 
 class Submit(msgspec.Struct, frozen=True):
-    """Ask the intake to accept one write request (an API request Struct)."""
+    """Ask the intake to accept one write request (an API request Struct).
+
+    ``idempotency``: the request's key, recorded in the transaction that accepts the write; a
+    Submit whose key is already recorded writes nothing and is answered with the recorded write.
+    """
 
     request: Any
     thread_id: str = ""
     default_actor_type: str = "human"
+    idempotency: KeyClaim | None = None
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,7 +43,7 @@ class Accepted(msgspec.Struct, frozen=True, kw_only=True):
     thread_id: str
     event_id: str  # the event to wait for (the last one of the write)
     event_ids: list[str]
-    already_applied: bool = False  # idempotent retry of an open_thread
+    already_applied: bool = False  # idempotent retry of an open_thread (nothing to wait for)
 
 
 class WorkAvailable(msgspec.Struct, frozen=True):

@@ -35,7 +35,12 @@ _LEDGER = "INSERT OR IGNORE INTO forum_projection_events (projection_name, event
 
 
 class _CatchUp(msgspec.Struct, frozen=True):
-    pass
+    """The projection's own "apply what the log holds past the checkpoint" (after a start)."""
+
+
+# Requests: Deliver (from the consumer) -> DeliveryReport; Rebuild (from the API) ->
+# RebuildResult.  Tell: _CatchUp, the projection's own.
+ProjectionMessage = Deliver | Rebuild | _CatchUp
 
 
 class _EventFailed(Exception):
@@ -74,14 +79,16 @@ class ProjectionActor(ManagedActor):
         return {"projection": self.name, "checkpoint": self.checkpoint, "applied_total": self.applied_total}
 
     def handle(self, message: Any) -> Any:
-        if isinstance(message, Deliver):
-            return self._deliver(message)
-        if isinstance(message, _CatchUp):
-            self._catch_up()
-            return None
-        if isinstance(message, Rebuild):
-            return self._rebuild()
-        return super().handle(message)
+        match message:
+            case Deliver():
+                return self._deliver(message)
+            case _CatchUp():
+                self._catch_up()
+                return None
+            case Rebuild():
+                return self._rebuild()
+            case _:
+                return super().handle(message)
 
     # -- applying -------------------------------------------------------------------------
 
@@ -214,7 +221,7 @@ class ProjectionActor(ManagedActor):
         self.conn.execute("SAVEPOINT event")
         try:
             self.projection.apply(self.conn, event)
-        except Exception as error:  # noqa: BLE001 - decide below whether to skip it
+        except Exception as error:
             self.conn.execute("ROLLBACK TO event")
             self.conn.execute("RELEASE event")
             if self.failures.get(event.sequence, 0) + 1 < self.max_attempts:

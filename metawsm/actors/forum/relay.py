@@ -7,29 +7,33 @@ are never deleted) and reads on from there, while the marks of everything publis
 are written by one ``_MarkSent`` a moment later (``MARK_DELAY_SECONDS``).  So a publish never
 queues for the database write lock, the mark stays out of the way of the write just
 published, and one mark transaction covers everything published in the meantime.  A
-crash between publish and mark only means a republish, which every consumer dedupes.  On Redis errors the rows stay pending and the relay retries with exponential
-backoff (100 ms → 10 s), reporting the bus unhealthy meanwhile.  It also runs the
-reconcile pass, which republishes what an emptied Redis may have lost.
+crash between publish and mark only means a republish, which every consumer dedupes.  On
+Redis errors the rows stay pending and the relay retries with exponential backoff (100 ms →
+10 s), reporting the bus unhealthy meanwhile.  It also runs the reconcile pass, which
+republishes what an emptied Redis may have lost.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import time
+from typing import Any, ClassVar
 
 import msgspec
-from typing import Any, ClassVar
 
 from metawsm.actors.forum.bus import consumed_topics, open_bus
 from metawsm.actors.forum.messages import Flush, Reconcile, ReplayParked, WorkAvailable
 from metawsm.actors.managed import ManagedActor
+from metawsm.actors.messages import FailureInfo
 from metawsm.clock import now_text
 from metawsm.forum import outbox
 from metawsm.forum.errors import ForumError
 from metawsm.forum.messages import encode
 from metawsm.forum.write_model import EVENT_COLUMNS, event_from_row
 from metawsm.store import write_transaction
+from metawsm.transport.namespace import NamespaceTaken
 from metawsm.transport.streams import BusUnavailable, OutboundEntry, TransportError
 
 log = logging.getLogger("metawsm.forum")
@@ -50,6 +54,14 @@ class _Sweep(msgspec.Struct, frozen=True):
 
 class _MarkSent(msgspec.Struct, frozen=True):
     """Write the "sent" marks of the rows published since the last mark."""
+
+
+# Tells: WorkAvailable (from the intake and the handler), Flush (its own; force=True from the
+# consumer when Redis answers again), Reconcile (from the consumer; as a request it answers
+# the counts {commands_requeued, events_republished}), _MarkSent and _Sweep (its own).
+# Request: ReplayParked (from the API) -> {message_id, topic, status} (ForumError not_found
+# or unavailable).
+RelayMessage = WorkAvailable | Flush | Reconcile | ReplayParked | _MarkSent | _Sweep
 
 
 class OutboxRelay(ManagedActor):
@@ -81,7 +93,7 @@ class OutboxRelay(ManagedActor):
     def teardown(self) -> None:
         try:
             self._mark_sent()  # best effort: an unwritten mark only means a republish
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.debug("relay could not write its last sent marks", exc_info=True)
         self.bus.close()
         self.conn.close()
@@ -94,28 +106,29 @@ class OutboxRelay(ManagedActor):
         }
 
     def handle(self, message: Any) -> Any:
-        if isinstance(message, WorkAvailable):
-            self._queue_flush()
-        elif isinstance(message, Flush):
-            if message.force:
-                self._retry_at = 0.0  # Redis answers again: no need to sit out the backoff
-            else:
-                self._flush_queued = False
-            self._flush()
-        elif isinstance(message, _MarkSent):
-            self._mark_queued = False
-            self._mark_sent()
-        elif isinstance(message, _Sweep):
-            self._rescan()
-            self._flush()
-            self._maybe_trim()
-            self._refresh_claim()
-        elif isinstance(message, Reconcile):
-            return self._reconcile(message.reason)
-        elif isinstance(message, ReplayParked):
-            return self._replay(message.message_id)
-        else:
-            return super().handle(message)
+        match message:
+            case WorkAvailable():
+                self._queue_flush()
+            case Flush(force=force):
+                if force:
+                    self._retry_at = 0.0  # Redis answers again: no need to sit out the backoff
+                else:
+                    self._flush_queued = False
+                self._flush()
+            case _MarkSent():
+                self._mark_queued = False
+                self._mark_sent()
+            case _Sweep():
+                self._rescan()
+                self._flush()
+                self._maybe_trim()
+                self._refresh_claim()
+            case Reconcile(reason=reason):
+                return self._reconcile(reason)
+            case ReplayParked(message_id=message_id):
+                return self._replay(message_id)
+            case _:
+                return super().handle(message)
         return None
 
     # -- publishing -----------------------------------------------------------------------
@@ -126,7 +139,7 @@ class OutboxRelay(ManagedActor):
             self.tell_self(Flush())
 
     def _flush(self) -> None:
-        if time.monotonic() < self._retry_at:
+        if time.monotonic() < self._retry_at or self._namespace_lost():
             return
         while True:
             rows = outbox.pending(self.conn, BATCH, self._cursor)
@@ -143,7 +156,7 @@ class OutboxRelay(ManagedActor):
             if not self._mark_queued:
                 self._mark_queued = True
                 me = self.actor_ref
-                self.system.scheduler.call_later(MARK_DELAY_SECONDS, lambda: _safe_tell(me, _MarkSent()))
+                self.system.scheduler.call_later(MARK_DELAY_SECONDS, functools.partial(_safe_tell, me, _MarkSent()))
             self._published(len(rows))
             if len(rows) < BATCH:
                 return
@@ -192,13 +205,23 @@ class OutboxRelay(ManagedActor):
 
     def _refresh_claim(self) -> None:
         claim = self.services.namespace_claim
-        if claim is None or time.monotonic() - self._last_claim < claim.refresh_interval:
+        if claim is None or claim.lost is not None or time.monotonic() - self._last_claim < claim.refresh_interval:
             return
         self._last_claim = time.monotonic()
         try:
             claim.refresh()
+        except NamespaceTaken as error:
+            # The streams are another database's now: publishing or consuming would mix the
+            # two.  No restart can cure that, so the system fails once, visibly (health
+            # "failed" with this reason, serve exits), instead of crash-looping the pipeline.
+            self.system.fail(FailureInfo(type="NamespaceLost", message=f"namespace claim lost: {error}",
+                                         at=now_text()))
         except TransportError as error:
             log.debug("namespace claim refresh failed: %s", error)
+
+    def _namespace_lost(self) -> bool:
+        claim = self.services.namespace_claim
+        return claim is not None and claim.lost is not None
 
     # -- reconcile and replay -------------------------------------------------------------
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import UTC
 from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
 
+from metawsm.actors.errors import Refusal
 from metawsm.actors.managed import ActorContext, ManagedActor
 from metawsm.actors.runs.messages import AgentExited, AgentFailed, KillSession, StartSession
+from metawsm.actors.runs.refusals import provider_errors_refused
 from metawsm.clock import format_time, now_text
 from metawsm.runs import store
 from metawsm.runs.agent_env import install_shim, with_agent_token
@@ -35,7 +38,14 @@ log = logging.getLogger("metawsm.runs")
 
 
 class _Poll(msgspec.Struct, frozen=True):
+    """The health poll's tick; ticks of a superseded generation are ignored."""
+
     generation: int
+
+
+# Requests, from the agent's Run: KillSession -> whether a session was killed, StartSession ->
+# the session name.  Tells: _Poll, the agent's own health poll.
+AgentMessage = _Poll | KillSession | StartSession
 
 
 class AgentLaunch(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,9 +66,9 @@ class AgentLaunch(msgspec.Struct, frozen=True, kw_only=True):
 def _epoch_text(epoch: float | None) -> str | None:
     if epoch is None:
         return None
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return format_time(datetime.fromtimestamp(epoch, timezone.utc))
+    return format_time(datetime.fromtimestamp(epoch, UTC))
 
 
 class TmuxAgent(ManagedActor):
@@ -118,27 +128,47 @@ class TmuxAgent(ManagedActor):
         }
 
     def handle(self, message: Any) -> Any:
-        if isinstance(message, _Poll):
-            if message.generation == self._generation and self.watching:
-                self._poll()
-            return None
-        if isinstance(message, KillSession):
-            self.watching = False
-            self._generation += 1
+        match message:
+            case _Poll(generation=generation):
+                if generation == self._generation and self.watching:
+                    self._poll()
+                return None
+            case KillSession():
+                return self._kill()
+            case StartSession():
+                return self._start_afresh()
+            case _:
+                return super().handle(message)
+
+    def _kill(self) -> bool:
+        self.watching = False
+        self._generation += 1
+        with provider_errors_refused(f"agent {self._name()}: "):
             killed = self.tmux.kill_session(self.launch.session)
-            self._set(status="stopped", health="", pane_pid=None)
-            return killed
-        if isinstance(message, StartSession):
-            self._generation += 1
-            self.tmux.kill_session(self.launch.session)
-            self.budget = self._new_budget()
-            self._start_session()
-            self.tracker = HealthTracker(self.thresholds, self.started_at)
-            self._set(restarts_used=0, last_error="")
-            self.watching = True
-            self._schedule_polls()
-            return self.launch.session
-        return super().handle(message)
+        self._set(status="stopped", health="", pane_pid=None)
+        return killed
+
+    def _start_afresh(self) -> str:
+        self._generation += 1
+        self.budget = self._new_budget()
+        try:
+            with provider_errors_refused(f"agent {self._name()} could not start its session: "):
+                self.tmux.kill_session(self.launch.session)
+                self._start_session()
+        except Refusal as refusal:
+            # Answered to the Run, which answers its caller; this actor stays, not watching
+            # anything, until a resume or restart asks it again.
+            self.watching = False
+            self._set(status="failed", health="", pane_pid=None, last_error=refusal.message)
+            raise
+        self.tracker = HealthTracker(self.thresholds, self.started_at)
+        self._set(restarts_used=0, last_error="")
+        self.watching = True
+        self._schedule_polls()
+        return self.launch.session
+
+    def _name(self) -> str:
+        return f"{self.launch.agent.name}@{self.launch.workspace}"
 
     def _new_budget(self, used: int = 0) -> RestartBudget:
         t = self.thresholds
@@ -291,7 +321,7 @@ class TmuxAgent(ManagedActor):
         if allowed:
             try:
                 self._restart_session(health)
-            except TmuxError as error:
+            except (TmuxError, OSError) as error:
                 self._set(health=health, last_error=f"restart failed: {error}")
             return
         if "exhausted" in reason:

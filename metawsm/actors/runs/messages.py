@@ -1,4 +1,9 @@
-"""Messages of the run actors (frozen msgspec Structs) and their paths."""
+"""Messages of the run actors (frozen msgspec Structs) and their paths.
+
+Requests to the RunSupervisor (``root/runs``): :class:`CreateRun` and the run commands
+(:data:`RunCommand`).  Every run command but :class:`CleanupRun` is forwarded to the run's
+own ``Run`` actor, which answers the run id once the command is done.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ from typing import Any
 
 import msgspec
 
-from metawsm.runs.model import RunActionRequest, RunRequest
+from metawsm.idempotency_keys import KeyClaim
+from metawsm.runs.model import RunRequest
 
 RUNS = "root/runs"
 
@@ -19,16 +25,54 @@ class CreateRun(msgspec.Struct, frozen=True):
     """Plan a run; unless it is a dry run, store it and start its Run actor.
 
     Answered with the run id once its agents are started (or it failed), or with the plan
-    snapshot for a dry run.
+    snapshot for a dry run.  ``idempotency``: the request's key, recorded in the transaction
+    that stores the run; a key already recorded answers with its run and starts nothing.
     """
 
     request: RunRequest
+    idempotency: KeyClaim | None = None
 
 
-class RunCommand(msgspec.Struct, frozen=True):
+class StopRun(msgspec.Struct, frozen=True):
+    """Kill every agent's session, then mark the run ``stopped``.  Answers the run id."""
+
     run_id: str
-    action: str  # stop | resume | restart | close | cleanup
-    options: RunActionRequest = msgspec.field(default_factory=RunActionRequest)
+
+
+class ResumeRun(msgspec.Struct, frozen=True):
+    """Carry on a stopped, paused or failed run: unfinished steps, or fresh agent sessions.
+    Answers the run id."""
+
+    run_id: str
+
+
+class RestartAgent(msgspec.Struct, frozen=True):
+    """Start fresh sessions (with full restart budgets) for one agent, or every agent when
+    ``agent`` is empty.  Answers the run id."""
+
+    run_id: str
+    agent: str = ""
+
+
+class CloseRun(msgspec.Struct, frozen=True):
+    """Check the close gates, optionally merge the workspaces, kill the sessions, then mark the
+    run ``closed`` and stop its actor.  Answers the run id (also for a run already closed)."""
+
+    run_id: str
+    merge: bool = False  # merge each workspace's branches into the base branch first
+
+
+class CleanupRun(msgspec.Struct, frozen=True):
+    """Remove what a finished run left: sessions, workspaces (unless ``keep_workspaces``).
+    Answered by the RunSupervisor with the cleanup summary (a dict)."""
+
+    run_id: str
+    keep_workspaces: bool = False
+    dry_run: bool = False  # only report what would be removed
+
+
+# The commands one can give a run (POST /api/v1/runs/{run_id}/{action}); all are requests.
+RunCommand = StopRun | ResumeRun | RestartAgent | CloseRun | CleanupRun
 
 
 class ControlChanged(msgspec.Struct, frozen=True):
@@ -38,6 +82,8 @@ class ControlChanged(msgspec.Struct, frozen=True):
 
 
 class AgentFailed(msgspec.Struct, frozen=True):
+    """A TmuxAgent spent its restart budget and stopped watching (told to its Run)."""
+
     agent: str
     workspace: str
     reason: str
@@ -51,15 +97,17 @@ class AgentExited(msgspec.Struct, frozen=True):
 
 
 class KillSession(msgspec.Struct, frozen=True):
-    """Stop watching and kill the agent's tmux session (run stop/close/cleanup)."""
+    """Stop watching and kill the agent's tmux session (run stop/close).  Answers whether a
+    session was killed."""
 
 
 class StartSession(msgspec.Struct, frozen=True):
-    """Start the agent's session afresh (run resume/restart); resets the restart budget."""
+    """Start the agent's session afresh (run resume/restart); resets the restart budget.
+    Answers the session name."""
 
 
 class Execute(msgspec.Struct, frozen=True):
+    """The Run actor's own "execute the steps not done yet"; ``reply`` (a reply handle, or
+    None) gets the run id once they ran (or one failed)."""
+
     reply: Any = None
-
-
-ACTIONS = ("stop", "resume", "restart", "close", "cleanup")

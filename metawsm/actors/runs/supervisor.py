@@ -14,27 +14,41 @@ import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
+from metawsm import idempotency_keys
+from metawsm.actors.errors import ActorUnavailable
 from metawsm.actors.managed import DEFERRED, ActorContext
 from metawsm.actors.messages import Request
-from metawsm.actors.runs.messages import ACTIONS, ControlChanged, CreateRun, RunCommand, run_path
+from metawsm.actors.runs.messages import (
+    CleanupRun,
+    CloseRun,
+    ControlChanged,
+    CreateRun,
+    RestartAgent,
+    ResumeRun,
+    StopRun,
+    run_path,
+)
+from metawsm.actors.runs.refusals import provider_errors_refused
 from metawsm.actors.runs.run import RunActor
 from metawsm.actors.supervisor import ChildSpec, RestartType, Strategy, Supervisor
+from metawsm.clock import now_text
 from metawsm.policy import Policy, PolicyError
 from metawsm.runs import store
 from metawsm.runs.cleanup import cleanup_run
 from metawsm.runs.confinement import check_run_request
-from metawsm.runs.model import RunError, RunStatus
+from metawsm.runs.model import RunError, RunStateRefused, RunStatus
 from metawsm.runs.planner import plan_run
 from metawsm.runs.snapshot import plan_snapshot
-from metawsm.runs.providers.docs import DocsError
-from metawsm.runs.providers.workspace import WorkspaceError
-from metawsm.runs.tmux import TmuxError
 from metawsm.runs.wiring import workspace_provider_for
 from metawsm.store import write_transaction
 
-PROVIDER_ERRORS = (WorkspaceError, DocsError, TmuxError, OSError)
-
 log = logging.getLogger("metawsm.runs")
+
+# The RunSupervisor's mailbox, besides the SupervisorMessage it inherits.  Requests: CreateRun
+# -> the run id once its agents started (or it failed), or the plan snapshot for a dry run;
+# StopRun, ResumeRun, RestartAgent, CloseRun -> forwarded to the run's actor, which answers the
+# run id; CleanupRun -> the cleanup summary (a dict).  Tell: ControlChanged, forwarded to the run.
+RunSupervisorMessage = CreateRun | StopRun | ResumeRun | RestartAgent | CloseRun | CleanupRun | ControlChanged
 
 
 def run_spec(run_id: str, reply: Any = None) -> ChildSpec:
@@ -53,7 +67,7 @@ class RunSupervisor(Supervisor):
         self.conn = self.system.services.db.connect()
         for run_id in store.non_terminal_run_ids(self.conn):
             try:
-                self._start_child(run_spec(run_id))
+                self.start_child(run_spec(run_id))
             except Exception as error:  # noqa: BLE001 - one bad run must not keep the others down
                 log.error("could not bring back run %s: %s", run_id, error)
 
@@ -62,18 +76,31 @@ class RunSupervisor(Supervisor):
         self.conn.close()
 
     def handle(self, message: Any) -> Any:
-        if isinstance(message, (CreateRun, RunCommand)):
-            try:
-                return self._create(message) if isinstance(message, CreateRun) else self._route(message)
-            except PROVIDER_ERRORS as error:
-                # Git, tmux or the filesystem refused: the request fails, the supervisor stays up.
-                raise RunError(str(error) or type(error).__name__) from None
-        if isinstance(message, ControlChanged):
-            self.system.tell(run_path(message.run_id), message)
-            return None
-        return super().handle(message)
+        match message:
+            case CreateRun():
+                with provider_errors_refused():
+                    return self._create(message)
+            case CleanupRun():
+                with provider_errors_refused():
+                    return self._cleanup(message)
+            case CloseRun():
+                with provider_errors_refused():
+                    return self._route(message, closed_answer=True)  # closing a closed run is a no-op
+            case StopRun() | ResumeRun() | RestartAgent():
+                with provider_errors_refused():
+                    return self._route(message)
+            case ControlChanged(run_id=run_id):
+                self.system.tell(run_path(run_id), message)
+                return None
+            case _:
+                return super().handle(message)
 
     def _create(self, message: CreateRun) -> Any:
+        claim = message.idempotency
+        if claim is not None and not message.request.dry_run:
+            known = idempotency_keys.lookup(self.conn, claim)  # another request's key: refused (409)
+            if known is not None:
+                return idempotency_keys.recorded_run(claim, known)  # the run this key started; nothing new
         services = self.system.services
         policy = self._policy_for_new_run()
         check_run_request(message.request, policy, Path(services.base_dir))
@@ -91,8 +118,10 @@ class RunSupervisor(Supervisor):
                 [(s.agent, s.workspace, s.session, s.workspace_path) for s in plan.slots],
                 plan.brief,
             )
+            if claim is not None:  # with the run, so a retry after a crash finds it
+                idempotency_keys.record(self.conn, claim, now_text(), run_id=plan.spec.run_id)
         reply = self.defer_reply()
-        self._start_child(run_spec(plan.spec.run_id, reply))
+        self.start_child(run_spec(plan.spec.run_id, reply))
         return DEFERRED
 
     def _policy_for_new_run(self) -> Policy:
@@ -103,28 +132,32 @@ class RunSupervisor(Supervisor):
             # policy's own one-line message, and the daemon keeps the policy it had.
             raise RunError(str(error), code="invalid_policy") from None
 
-    def _route(self, command: RunCommand) -> Any:
-        if command.action not in ACTIONS:
-            raise RunError(f'unknown run action "{command.action}": must be one of {", ".join(ACTIONS)}')
+    def _cleanup(self, command: CleanupRun) -> dict[str, Any]:
         run = store.load_run(self.conn, command.run_id)
-        if command.action == "cleanup":
-            if run.status not in (RunStatus.CLOSED, RunStatus.STOPPED, RunStatus.FAILED, RunStatus.COMPLETED):
-                raise RunError(
-                    f"run {run.run_id} is {run.status}; stop or close it before cleanup", code="run_busy"
-                )
-            slot = self._slot(run.run_id)
-            if slot is not None:
-                self._remove_child(run.run_id)
-            return cleanup_run(self.conn, run, services=self.system.services, keep_workspaces=command.options.keep_workspaces,
-                               dry_run=command.options.dry_run)
+        if run.status not in (RunStatus.CLOSED, RunStatus.STOPPED, RunStatus.FAILED, RunStatus.COMPLETED):
+            raise RunStateRefused(f"run {run.run_id} is {run.status}; stop or close it before cleanup",
+                                  code="run_busy")
+        if not command.dry_run:  # a dry run only reports: the run's actor keeps watching its agents
+            self.remove_child(run.run_id)
+        return cleanup_run(self.conn, run, services=self.system.services, keep_workspaces=command.keep_workspaces,
+                           dry_run=command.dry_run)
+
+    def _route(self, command: StopRun | ResumeRun | RestartAgent | CloseRun, closed_answer: bool = False) -> Any:
+        """Hand the command to the run's actor (started if there is none); it answers."""
+        run = store.load_run(self.conn, command.run_id)
         if run.status == RunStatus.CLOSED:
-            if command.action == "close":
+            if closed_answer:
                 return run.run_id
-            raise RunError(f"run {run.run_id} is closed")
-        slot = self._slot(run.run_id)
-        if slot is None or slot.ref is None or not slot.ref.is_alive():
-            self._start_child(run_spec(run.run_id))
-            slot = self._slot(run.run_id)
+            raise RunStateRefused(f"run {run.run_id} is closed; it cannot be {_DONE_TO[type(command)]}")
+        if self.child(run.run_id) is None:
+            self.start_child(run_spec(run.run_id))
         reply = self.defer_reply()
-        slot.ref.tell(Request(body=command, reply=reply))  # type: ignore[union-attr]
+        if not self.tell_child(run.run_id, Request(body=command, reply=reply)):
+            # Its actor is waiting out a restart backoff (or could not start): answer 503 now.
+            # Starting another one under the same id would be refused as a conflict.
+            reply.fail(ActorUnavailable(run_path(run.run_id), "restarting"))
         return DEFERRED
+
+
+# What a refusal says cannot be done to a closed run.
+_DONE_TO: dict[type, str] = {StopRun: "stopped", ResumeRun: "resumed", RestartAgent: "restarted", CloseRun: "closed"}

@@ -12,7 +12,7 @@ from metawsm.forum.projections.thread_views import ThreadViewsProjection
 PROJECTION_NAMES: tuple[str, ...] = ("thread_views", "thread_stats", "queue_view", "control_state")
 
 PROJECTION_CLASSES: dict[str, type[Projection]] = {
-    cls.name: cls  # type: ignore[misc]
+    cls.name: cls
     for cls in (ThreadViewsProjection, ThreadStatsProjection, QueueViewProjection, ControlStateProjection)
 }
 assert tuple(PROJECTION_CLASSES) == PROJECTION_NAMES
