@@ -67,6 +67,7 @@ __all__ = [
     "ForumDocsSync",
     "ForumPolicy",
     "ForumRedis",
+    "ForumRetention",
     "ForumSla",
     "ForumTopics",
     "GitPrPolicy",
@@ -203,6 +204,18 @@ class ForumSla(_Section, frozen=True):
     escalation_minutes: int = 30
 
 
+class ForumRetention(_Section, frozen=True):
+    """How long finished pipeline history is kept (docs/forum.md#retention).  Days accept fractions."""
+
+    # forum_outbox rows that are sent and applied (commands decided, events projected everywhere).
+    outbox_days: int | float = 7
+    # Entries of streams nobody in this daemon consumes (integration topics); consumed streams
+    # drop an entry as soon as every group has acknowledged it.
+    stream_days: int | float = 7
+    # How often the relay's retention sweep runs (deletes go in small batches).
+    sweep_seconds: Seconds = 60
+
+
 class ForumPolicy(_Section, frozen=True):
     enabled: bool = True
     topics: ForumTopics = msgspec.field(default_factory=ForumTopics)
@@ -212,6 +225,7 @@ class ForumPolicy(_Section, frozen=True):
     heartbeat_seconds: Seconds = 15
     sla: ForumSla = msgspec.field(default_factory=ForumSla)
     docs_sync: ForumDocsSync = msgspec.field(default_factory=ForumDocsSync)
+    retention: ForumRetention = msgspec.field(default_factory=ForumRetention)
 
 
 class SupervisionPolicy(_Section, frozen=True):
@@ -254,6 +268,9 @@ class AgentProfile(_Section, frozen=True):
     base_prompt: str = ""
     skills: list[str] | None = []  # the Go version writes null for none; read as []
     runner_options: RunnerOptions = msgspec.field(default_factory=RunnerOptions)
+    # Give this profile's agents the metawsm MCP server (.mcp.json in the workspace, a word in
+    # the prompt); false leaves both out (docs/agents.md).
+    mcp: bool = True
 
     def __post_init__(self) -> None:
         if self.skills is None:
@@ -501,6 +518,9 @@ def _failures(p: Policy) -> Iterator[str]:
             yield f"forum.{field} must be > 0"
     if f.sla.escalation_minutes <= 0:
         yield "forum.sla.escalation_minutes must be > 0"
+    for field in ("outbox_days", "stream_days", "sweep_seconds"):
+        if getattr(f.retention, field) <= 0:
+            yield f"forum.retention.{field} must be > 0"
 
     yield from git_pr_failures(p.git_pr)
 

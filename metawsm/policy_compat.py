@@ -46,6 +46,7 @@ LLM_MODES = ("off", "assist", "auto")
 GIT_PR_MODES = ("off", "assist", "auto")
 GIT_PR_CREDENTIAL_MODES = ("local_user_auth",)
 GIT_PR_CHECKS = ("tests", "forbidden_files", "ticket_workflow", "clean_tree")
+GIT_PR_PROVIDERS = ("auto", "github", "push")
 REVIEW_FEEDBACK_MODES = ("assist", "auto")
 
 # Dotted paths; ``[]`` stands for every entry of a list. Keep the order of the Go schema: it is
@@ -66,20 +67,14 @@ INERT_FIELDS: tuple[str, ...] = (
     "forum.enabled",
     "forum.sla.escalation_minutes",
     "forum.docs_sync.enabled",
-    "git_pr.mode",
     "git_pr.credential_mode",
     "git_pr.branch_template",
-    "git_pr.require_all",
-    "git_pr.required_checks",
-    "git_pr.test_commands",
-    "git_pr.forbidden_file_patterns",
     "git_pr.allowed_repos",
     "git_pr.default_labels",
     "git_pr.default_reviewers",
     "git_pr.review_feedback.enabled",
     "git_pr.review_feedback.mode",
     "git_pr.review_feedback.include_review_comments",
-    "git_pr.review_feedback.ignore_authors",
     "git_pr.review_feedback.max_items_per_sync",
     "git_pr.review_feedback.auto_dispatch_cap_per_interval",
     "agent_profiles[].skills",
@@ -152,9 +147,13 @@ class ReviewFeedbackPolicy(_CompatSection, frozen=True):
 
 
 class GitPrPolicy(_CompatSection, frozen=True):
-    """Commits and pull requests of a run's workspaces (no delivery here yet)."""
+    """Commits and pull requests of a run's workspaces.  ``metawsm commit`` honours ``mode`` (off
+    disables it), ``required_checks``, ``require_all``, ``test_commands`` and
+    ``forbidden_file_patterns``, ``metawsm pr`` ``provider`` (metawsm/runs/delivery.py and
+    forge.py); the rest is in :data:`INERT_FIELDS`."""
 
     mode: str = "assist"
+    provider: str = "auto"  # the forge `metawsm pr` uses: auto|github|push (not in the Go version)
     credential_mode: str = "local_user_auth"
     branch_template: str = "{ticket}/{repo}/{run}"
     require_all: bool = True
@@ -293,6 +292,8 @@ def operator_llm_failures(llm: OperatorLlmPolicy) -> Iterator[str]:
 def git_pr_failures(g: GitPrPolicy) -> Iterator[str]:
     if g.mode not in GIT_PR_MODES:
         yield "git_pr.mode must be off|assist|auto"
+    if g.provider not in GIT_PR_PROVIDERS:
+        yield "git_pr.provider must be auto|github|push"
     if g.credential_mode not in GIT_PR_CREDENTIAL_MODES:
         yield "git_pr.credential_mode must be local_user_auth"
     if _blank(g.branch_template):

@@ -17,6 +17,7 @@ from metawsm.forum.topics import Topics
 from metawsm.policy import LoadedPolicy, Policy, policy_changes, policy_digest, read_policy_file, with_sections_of
 from metawsm.policy_compat import inert_warning
 from metawsm.store import Database
+from metawsm.store.faults import StorageStatus
 
 log = logging.getLogger("metawsm.policy")
 
@@ -158,12 +159,14 @@ class Services:
     policy_watch: PolicyWatch = field(init=False)
     tokens: TokenRegistry | None = None  # the credentials the API accepts; runs mint agent tokens here
     auth_enabled: bool = True  # False only with serve --no-auth (loopback): agents then get no token
+    storage: StorageStatus = field(init=False)  # set while the database cannot be written (disk full)
 
     def __post_init__(self) -> None:
         t = self.policy.forum.topics
         self.topics = Topics(t.command_prefix, t.event_prefix, t.integration_prefix)
         self.bus.redis_url = self.redis_url
         self.policy_watch = PolicyWatch(self.policy_path, self.policy)
+        self.storage = StorageStatus(self.db.path)
 
     def policy_for_new_run(self) -> Policy:
         """Re-read the policy file if it changed, make it the daemon's, and return it.

@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
-from support.daemon import ServeProcess, policy_data
+from support.daemon import ServeProcess, serving
 from support.http import auth_headers, token_for
-from support.processes import short_id, unlink_prefix
 
 # Every route of docs/api.md, plus the fault-injection route of --debug.
 ROUTES = {
@@ -61,13 +60,8 @@ ROUTES = {
 
 @pytest.fixture(scope="module")
 def server(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    namespace = f"t{short_id()}"
-    process = ServeProcess(tmp_path_factory.mktemp("api-openapi"), policy_data(redis_server.url, namespace))
-    try:
-        yield process.start()
-    finally:
-        process.stop()
-        unlink_prefix(redis_server.url, namespace)
+    with serving(redis_server.url, tmp_path_factory.mktemp("api-openapi")) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +118,8 @@ def test_enums_are_hinted(document: dict[str, Any]) -> None:
     queues = {p["name"]: p for p in document["paths"]["/api/v1/forum/queues"]["get"]["parameters"]}
     assert queues["type"]["schema"]["enum"] == ["unseen", "unanswered"] and queues["type"]["required"]
     actions = {p["name"]: p for p in document["paths"]["/api/v1/runs/{run_id}/{action}"]["post"]["parameters"]}
-    assert actions["action"]["schema"]["enum"] == ["stop", "resume", "restart", "close", "cleanup"]
+    assert actions["action"]["schema"]["enum"] == ["stop", "resume", "restart", "close", "cleanup", "commit",
+                                                   "merge", "iterate", "pr", "review-sync"]
 
 
 def test_every_documented_route_is_served(server: ServeProcess, document: dict[str, Any]) -> None:

@@ -22,9 +22,9 @@ import pytest
 import redis
 
 from metawsm.waiting import wait_until
-from support.daemon import ServeProcess, policy_data
+from support.daemon import ServeProcess, serving
 from support.http import auth_headers
-from support.processes import short_id, unlink_prefix
+from support.processes import short_id
 
 MIB = 1024 * 1024
 
@@ -100,13 +100,8 @@ def ticket() -> str:
 
 @pytest.fixture(scope="module")
 def server(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    namespace = f"t{short_id()}"
-    process = ServeProcess(tmp_path_factory.mktemp("api-routes"), policy_data(redis_server.url, namespace))
-    try:
-        yield process.start()
-    finally:
-        process.stop()
-        unlink_prefix(redis_server.url, namespace)
+    with serving(redis_server.url, tmp_path_factory.mktemp("api-routes")) as process:
+        yield process
     assert "internal error" not in process.log(), process.log()
 
 

@@ -31,24 +31,18 @@ import pytest
 from metawsm.api.app import route_table
 from metawsm.api.registry import Access
 from metawsm.transport.redis_process import free_tcp_port
-from support.daemon import ServeProcess, policy_data
+from support.daemon import ServeProcess, policy_data, serving
 from support.http import token_for
-from support.processes import short_id, unlink_prefix
+from support.processes import short_id
 
 ALLOWED_ORIGIN = "https://dash.example:8443"
 
 
 @pytest.fixture(scope="module")
 def server(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    namespace = f"s{short_id()}"
-    policy = policy_data(redis_server.url, namespace)
-    policy["api"] = {"allowed_origins": [ALLOWED_ORIGIN], "allowed_hosts": ["metawsm.lan"]}
-    process = ServeProcess(tmp_path_factory.mktemp("api-security"), policy)
-    try:
-        yield process.start()
-    finally:
-        process.stop()
-        unlink_prefix(redis_server.url, namespace)
+    with serving(redis_server.url, tmp_path_factory.mktemp("api-security"),
+                 api={"allowed_origins": [ALLOWED_ORIGIN], "allowed_hosts": ["metawsm.lan"]}) as process:
+        yield process
 
 
 def raw(server: ServeProcess, method: str, path: str, headers: dict[str, str] | None = None,

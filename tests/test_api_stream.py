@@ -23,22 +23,17 @@ import aiohttp
 import pytest
 
 from metawsm.waiting import async_wait_until, wait_until
-from support.daemon import ServeProcess, policy_data
+from support.daemon import ServeProcess, policy_data, serving
 from support.http import auth_headers
-from support.processes import short_id, unlink_prefix
+from support.processes import short_id
 
 STREAM = "/api/v1/forum/stream"
 
 
 @pytest.fixture(scope="module")
 def server(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    namespace = f"t{short_id()}"
-    process = ServeProcess(tmp_path_factory.mktemp("api-stream"), policy_data(redis_server.url, namespace))
-    try:
-        yield process.start()
-    finally:
-        process.stop()
-        unlink_prefix(redis_server.url, namespace)
+    with serving(redis_server.url, tmp_path_factory.mktemp("api-stream")) as process:
+        yield process
 
 
 @pytest.fixture

@@ -165,6 +165,20 @@ def test_a_retry_error_or_an_unavailable_worker_is_retried_shortly_without_count
     assert reported.parkings == [] and len(t) == 2
 
 
+def test_a_worker_that_cannot_write_asks_for_a_later_retry_and_nothing_is_ever_counted() -> None:
+    t = tracker(max_attempts=1)  # one counted failure would park
+    entry = command_entry(1)
+    t.admit([entry])
+    for _ in range(5):  # a full disk lasts: every retry is answered the same way
+        t.batch(HANDLER, [key(entry)], now=0.0)
+        done = DeliveryDone(target=HANDLER, keys=(key(entry),), failed={key(entry): "retry: disk full: /db"},
+                            retry_after=0.5)
+        reported = t.report(done)
+        assert reported.retries == [Retry(0.5, HANDLER, (key(entry),))]
+        assert reported.parkings == [] and len(t) == 1
+    assert t.report(ok(HANDLER, key(entry))).ack_soon is True  # space returned: applied, acked
+
+
 def test_counted_failures_back_off_then_park_once_and_move_on() -> None:
     t = tracker(max_attempts=3)
     entry = event_entry(1)

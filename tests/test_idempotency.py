@@ -29,7 +29,7 @@ from aiohttp.test_utils import TestServer
 
 from metawsm.cli.client import RETRY_DEADLINE, ApiFailure, DaemonClient
 from metawsm.waiting import wait_until
-from support.daemon import ServeProcess, policy_data
+from support.daemon import ServeProcess, policy_data, serving
 from support.http import auth_headers
 
 API = "/api/v1"
@@ -94,15 +94,8 @@ def metric(server: str, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def server(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    from support.processes import short_id, unlink_prefix
-
-    namespace = f"t{short_id()}"
-    process = ServeProcess(tmp_path_factory.mktemp("idempotency"), policy_data(redis_server.url, namespace))
-    try:
-        yield process.start()
-    finally:
-        process.stop()
-        unlink_prefix(redis_server.url, namespace)
+    with serving(redis_server.url, tmp_path_factory.mktemp("idempotency")) as process:
+        yield process
 
 
 # -- one key, one write ----------------------------------------------------------------------------

@@ -20,9 +20,8 @@ import jsonschema
 import pytest
 
 from support.agents import LONG_AGENT
-from support.daemon import ServeProcess, policy_data
+from support.daemon import ServeProcess, serving
 from support.http import auth_headers
-from support.processes import short_id, unlink_prefix
 
 THREADS = "/api/v1/forum/threads"
 SIGNAL = "/api/v1/forum/control/signal"
@@ -31,13 +30,8 @@ CONTROL_CHARACTERS = ["\x00", "\n", "\t", "\r", "\x1b", "\x7f", "\x85"]
 
 @pytest.fixture(scope="module")
 def server(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    namespace = f"t{short_id()}"
-    process = ServeProcess(tmp_path_factory.mktemp("input-hygiene"), policy_data(redis_server.url, namespace))
-    try:
-        yield process.start()
-    finally:
-        process.stop()
-        unlink_prefix(redis_server.url, namespace)
+    with serving(redis_server.url, tmp_path_factory.mktemp("input-hygiene")) as process:
+        yield process
     log = process.log()
     assert "internal error" not in log and "Traceback" not in log, log[-5000:]
 
@@ -258,7 +252,9 @@ def test_the_document_describes_what_each_run_action_answers(runs_env) -> None:
     schema = document["paths"]["/api/v1/runs/{run_id}/{action}"]["post"]["responses"]["200"]["content"][
         "application/json"]["schema"]
     refs = {option["$ref"] for option in schema["anyOf"]}
-    assert refs == {"#/components/schemas/RunViewResponse", "#/components/schemas/CleanupResponse"}
+    assert refs == {f"#/components/schemas/{name}" for name in (
+        "RunViewResponse", "CleanupResponse", "CommitResponse", "MergeResponse", "IterateResponse", "PrResponse",
+        "ReviewSyncResponse")}
     gone = document["paths"]["/api/v1/runs/{run_id}/{action}"]["post"]["responses"]["410"]
     assert gone["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
     validator = _validator(document, schema)

@@ -59,8 +59,10 @@ SPEC_DEFAULTS: dict[str, Any] = {
               "redis": {"url": "redis://127.0.0.1:6379/0", "stream": "metawsm-forum",
                         "group": "metawsm-forum", "consumer": "operator", "embedded": "auto"},
               "max_attempts": 5, "write_wait_ms": 5000, "heartbeat_seconds": 15,
-              "sla": {"escalation_minutes": 30}, "docs_sync": {"enabled": True}},
-    "git_pr": {"mode": "assist", "credential_mode": "local_user_auth", "branch_template": "{ticket}/{repo}/{run}",
+              "sla": {"escalation_minutes": 30}, "docs_sync": {"enabled": True},
+              "retention": {"outbox_days": 7, "stream_days": 7, "sweep_seconds": 60}},
+    "git_pr": {"mode": "assist", "provider": "auto", "credential_mode": "local_user_auth",
+               "branch_template": "{ticket}/{repo}/{run}",
                "require_all": True, "required_checks": ["tests", "forbidden_files", "ticket_workflow", "clean_tree"],
                "test_commands": [],
                "forbidden_file_patterns": [".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa",
@@ -74,11 +76,12 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "debug": {"fault_injection": False},
     "api": {"allowed_hosts": [], "allowed_origins": [], "idempotency_ttl_hours": 24},
     "agent_profiles": [{"name": "default-shell", "runner": "shell", "base_prompt": "",
-                        "skills": [], "runner_options": {"full_auto": False, "command": "bash"}}],
+                        "skills": [], "runner_options": {"full_auto": False, "command": "bash"}, "mcp": True}],
     "agents": [{"name": "agent", "profile": "default-shell"}],
 }
-# Sections policy-init leaves out: every field in them has no effect here yet.
-INERT_SECTIONS = ("close", "git_pr")
+# Sections policy-init leaves out: every field in them has no effect here yet (git_pr is written
+# with the fields `metawsm commit` honours).
+INERT_SECTIONS = ("close",)
 
 
 def mutated(changes: dict[str, Any]) -> dict[str, Any]:
@@ -324,6 +327,9 @@ CASES: list[tuple[dict[str, Any], str]] = [
     ({"forum.write_wait_ms": 0}, "forum.write_wait_ms must be > 0"),
     ({"forum.heartbeat_seconds": 0}, "forum.heartbeat_seconds must be > 0"),
     ({"forum.sla.escalation_minutes": 0}, "forum.sla.escalation_minutes must be > 0"),
+    ({"forum.retention.outbox_days": 0}, "forum.retention.outbox_days must be > 0"),
+    ({"forum.retention.stream_days": -1}, "forum.retention.stream_days must be > 0"),
+    ({"forum.retention.sweep_seconds": 0}, "forum.retention.sweep_seconds must be > 0"),
     ({"git_pr.mode": "always"}, "git_pr.mode must be off|assist|auto"),
     ({"git_pr.credential_mode": "token"}, "git_pr.credential_mode must be local_user_auth"),
     ({"git_pr.branch_template": " "}, "git_pr.branch_template cannot be empty"),

@@ -259,10 +259,21 @@ def _snapshot(repo: Path) -> tuple[str, str, str, str]:
             git(repo, "status", "--porcelain"), (repo / "README.md").read_text())
 
 
+def test_merge_fast_forwards_a_base_nobody_has_checked_out(provider: GitWorktreeProvider, project: Path) -> None:
+    ws = provider.create("T-1", ["app"])
+    work = commit_file(ws / "app", "feature.txt", "feature\n", "add feature")
+    git(project, "switch", "-q", "-c", "dev")
+    (project / "README.md").write_text("user edit in progress\n")
+    before = _snapshot(project)
+    assert provider.merge("T-1", "app", "Merge T-1") == work == git(project, "rev-parse", "main")
+    assert _snapshot(project) == before
+
+
 def test_merge_through_a_temporary_worktree_leaves_the_user_checkout_alone(
         provider: GitWorktreeProvider, project: Path) -> None:
     ws = provider.create("T-1", ["app"])
     work = commit_file(ws / "app", "feature.txt", "feature\n", "add feature")
+    commit_file(project, "other.txt", "the base moved on\n", "base moves")  # no fast-forward now
     # The user works on another branch, with uncommitted changes.
     git(project, "switch", "-q", "-c", "dev")
     (project / "README.md").write_text("user edit in progress\n")
@@ -284,12 +295,30 @@ def test_merge_through_a_temporary_worktree_leaves_the_user_checkout_alone(
     assert provider.merge("T-1", "app") == merged
 
 
-def test_merge_refuses_when_the_base_branch_is_checked_out(provider: GitWorktreeProvider,
-                                                           project: Path) -> None:
+def test_merge_updates_a_clean_checkout_of_the_base_as_git_merge_would(provider: GitWorktreeProvider,
+                                                                       project: Path) -> None:
+    ws = provider.create("T-1", ["app"])
+    work = commit_file(ws / "app", "feature.txt", "feature\n")
+    (project / "untracked.txt").write_text("mine\n")  # untracked files are no local change
+    assert provider.merge("T-1", "app") == work == git(project, "rev-parse", "HEAD")  # fast-forward
+    assert (project / "feature.txt").read_text() == "feature\n"
+    assert "?? untracked.txt" in git(project, "status", "--porcelain").splitlines()
+    # The base moves on in the checkout: the next merge is a merge commit, made there.
+    again = commit_file(ws / "app", "more.txt", "more\n")
+    base = commit_file(project, "other.txt", "other\n")
+    merged = provider.merge("T-1", "app", "Merge again")
+    assert git(project, "rev-list", "--parents", "-n", "1", merged).split()[1:] == [base, again]
+    assert (project / "more.txt").is_file() and git(project, "rev-parse", "HEAD") == merged
+    assert len(worktree_paths(project)) == 2
+
+
+def test_merge_refuses_when_the_checked_out_base_has_local_changes(provider: GitWorktreeProvider,
+                                                                   project: Path) -> None:
     ws = provider.create("T-1", ["app"])
     commit_file(ws / "app", "feature.txt", "feature\n")
+    (project / "README.md").write_text("user edit in progress\n")
     before = _snapshot(project)
-    with pytest.raises(WorkspaceError, match=r'base branch "main" is checked out in .*app'):
+    with pytest.raises(WorkspaceError, match=r'"app": main is checked out in .*app with local changes \(README.md\)'):
         provider.merge("T-1", "app")
     assert _snapshot(project) == before
     assert len(worktree_paths(project)) == 2
@@ -303,7 +332,7 @@ def test_merge_conflict_changes_nothing(provider: GitWorktreeProvider, project: 
     commit_file(project, "README.md", "base version\n")
     git(project, "switch", "-q", "dev")
     main_before = git(project, "rev-parse", "main")
-    with pytest.raises(WorkspaceError, match="conflicts in README.md"):
+    with pytest.raises(WorkspaceError, match="main has moved since task/T-1 was made and the two conflict in README.md"):
         provider.merge("T-1", "app")
     assert git(project, "rev-parse", "main") == main_before
     assert len(worktree_paths(project)) == 2
@@ -321,6 +350,7 @@ def test_merge_works_without_a_git_identity(provider: GitWorktreeProvider, proje
                                             hermetic_git: Path) -> None:
     ws = provider.create("T-1", ["app"])
     commit_file(ws / "app", "feature.txt", "feature\n")
+    commit_file(project, "other.txt", "other\n")  # the base moved: a merge commit is needed
     git(project, "switch", "-q", "-c", "dev")
     hermetic_git.write_text("[init]\n\tdefaultBranch = main\n[user]\n\tuseConfigOnly = true\n")
     merged = provider.merge("T-1", "app")

@@ -102,12 +102,13 @@ CONTRACT: dict[str, set[str]] = {
         "qa_json", "created_at",
     },
     "events": {"id", "run_id", "at", "kind", "from_status", "to_status", "message"},
-    "doc_sync_states": {"run_id", "ticket", "workspace", "status", "revision", "updated_at"},
+    "doc_sync_states": {"run_id", "ticket", "workspace", "status", "revision", "updated_at", "error"},
     "agent_tokens": {"token_sha256", "run_id", "ticket", "agent_name", "created_at", "revoked_at"},
     "api_idempotency_keys": {
         "caller", "idempotency_key", "fingerprint", "method", "path", "thread_id", "event_id", "run_id",
         "response_status", "response_body", "created_at", "answered_at",
     },
+    "forum_marks": {"name", "value", "updated_at"},
 }
 
 PRIMARY_KEYS: dict[str, list[str]] = {
@@ -130,6 +131,7 @@ PRIMARY_KEYS: dict[str, list[str]] = {
     "doc_sync_states": ["run_id", "ticket", "workspace"],
     "agent_tokens": ["token_sha256"],
     "api_idempotency_keys": ["caller", "idempotency_key"],
+    "forum_marks": ["name"],
 }
 
 RUNBOOK_QUERIES = (
@@ -323,9 +325,10 @@ def test_upgrading_an_older_database_applies_only_what_is_missing(db_path: Path)
     assert migrate(conn, MIGRATIONS[:1]) == [1]
     names = set(sqlite_utils.Database(conn).table_names())
     assert "forum_threads" in names and "runs" not in names
-    assert migrate(conn) == [2, 3, 4]
-    assert {*RUN_TABLES, "agent_tokens", "api_idempotency_keys"} <= set(sqlite_utils.Database(conn).table_names())
-    assert current_version(conn) == 4
+    assert migrate(conn) == [m.version for m in MIGRATIONS[1:]]
+    assert {*RUN_TABLES, "agent_tokens", "api_idempotency_keys", "forum_marks"} <= set(
+        sqlite_utils.Database(conn).table_names())
+    assert current_version(conn) == len(MIGRATIONS)
     conn.close()
 
 

@@ -86,3 +86,14 @@ class IdempotencyKeyReused(Refusal):
 
     code = "idempotency_key_reused"
     status = 409
+
+
+class StorageUnavailable(Refusal):
+    """The database cannot be written now (a full disk, an I/O error; metawsm/store/faults.py).
+
+    A refusal, not a crash: nothing was written, the actor keeps running, and the caller may
+    retry once the disk is fixed; writes resume by themselves then.
+    """
+
+    code = "storage_unavailable"
+    status = 503

@@ -8,6 +8,7 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from metawsm.actors import storage
 from metawsm.actors.errors import ActorError, Refusal
 from metawsm.api import auth_routes, forum_routes, policy_routes, runs_routes, stream, system_routes, web_routes
 from metawsm.api.auth import AUTH, AuthSettings, authenticate
@@ -19,6 +20,7 @@ from metawsm.api.openapi import build_openapi
 from metawsm.api.registry import RouteTable
 from metawsm.api.security import EXPOSURE, Exposure, browser_guard, json_writes
 from metawsm.api.system_routes import OPENAPI
+from metawsm.mcp import http as mcp_http
 
 log = logging.getLogger("metawsm.api")
 
@@ -32,6 +34,7 @@ def route_table() -> RouteTable:
     table.extend(policy_routes.routes())
     table.extend(auth_routes.routes())
     table.extend(web_routes.routes())
+    table.extend(mcp_http.routes())
     return table
 
 
@@ -66,7 +69,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         metrics.observe_error(error.status)
         return error_response(error.status, error.reason.lower().replace(" ", "_"), error.text or error.reason)
-    except Exception:
+    except Exception as error:
+        status = getattr(request.app[CONTEXT].services, "storage", None)  # None in bare test apps
+        fault = status.report(error) if status is not None else None
+        if fault is not None:  # a direct write (a seen marker, say) met a full disk: 503 with the reason
+            refusal = storage.unavailable(fault)
+            metrics.observe_error(refusal.status)
+            return error_response(refusal.status, refusal.code, refusal.message)
         request_id = uuid.uuid4().hex[:12]
         log.exception("internal error handling %s %s (request %s)", request.method, request.path, request_id)
         metrics.observe_error(500)
@@ -94,5 +103,6 @@ def build_app(ctx: ApiContext, exposure: Exposure, *, token_file: str = "") -> w
     app[EXPOSURE] = exposure
     table.install(app)
     web_routes.install_assets(app)  # /ui/* files: not API, so not in the OpenAPI document
+    mcp_http.install(app, ctx.services.server_url)  # /mcp's session manager, started on first use
     app[OPENAPI] = build_openapi(table)
     return app

@@ -7,7 +7,9 @@ decided before this by the route, from ``ActorSystem.failed``.)
   every such actor with its last failure, read from the inspection tree (no mailbox is
   asked, so it answers even while the restarting actors cannot).  It comes before
   ``degraded``: the system is already repairing itself, and the reason names both.
-* ``degraded`` when nothing restarts but something outside is wrong: Redis unreachable.
+* ``degraded`` when nothing restarts but something outside is wrong: the database cannot be
+  written (``disk full: <path>``, from :class:`~metawsm.store.faults.StorageStatus`; writes get
+  503 until it clears), Redis unreachable.
 * ``ok`` otherwise.  An actor starting for the first time (a new run) is not recovering.
 """
 
@@ -39,10 +41,15 @@ def recovering_actors(root: ActorNode) -> list[RecoveringActor]:
     return found
 
 
-def assess(root: ActorNode, bus_healthy: bool, bus_error: str) -> HealthVerdict:
-    """The status of a running system from its actor tree and the forum bus."""
+def assess(root: ActorNode, bus_healthy: bool, bus_error: str, storage_fault: str = "") -> HealthVerdict:
+    """The status of a running system from its actor tree, its database and the forum bus.
+
+    ``storage_fault``: the reason the database cannot be written (``disk full: <path>``), or "".
+    """
     recovering = recovering_actors(root)
     reasons = [f"{actor.path} is {actor.state} after {actor.reason}" for actor in recovering]
+    if storage_fault:
+        reasons.append(storage_fault)
     if not bus_healthy:
         reasons.append(bus_error or "the forum bus is not connected to Redis")
     if recovering:

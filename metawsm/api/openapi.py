@@ -40,13 +40,14 @@ def _members(kind: Any) -> tuple[type, ...]:
 
 
 def build_openapi(table: RouteTable) -> bytes:
+    documented = [route for route in table.routes if route.openapi]
     kinds: list[Any] = []
-    for route in table.routes:
+    for route in documented:
         for kind in (route.body, route.query, *route.responses.values()):
             kinds += [member for member in _members(kind) if member not in kinds]
     schemas, components = msgspec.json.schema_components(kinds, ref_template=REF)
     schema_of: dict[Any, Any] = dict(zip(kinds, schemas))
-    for route in table.routes:
+    for route in documented:
         for kind in route.responses.values():
             if isinstance(kind, types.UnionType):
                 # msgspec only describes unions of tagged Structs; these are told apart by their key.
@@ -63,7 +64,7 @@ def build_openapi(table: RouteTable) -> bytes:
                 prop = properties[field]
                 prop.update({"minLength": 1, "pattern": non_blank_pattern(prop.get("pattern", ""))})
     paths: dict[str, dict[str, Any]] = {}
-    for route in table.routes:
+    for route in documented:
         path = _PATH_PARAM.sub(lambda m: "{" + m.group(1) + "}", route.path)
         operation: dict[str, Any] = {
             "summary": route.summary,

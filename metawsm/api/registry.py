@@ -35,6 +35,8 @@ class Route:
     path_enums: dict[str, list[str]] = field(default_factory=dict)  # path parameter → allowed values
     # Default: reads are open to agents, writes are the operator's; routes say otherwise explicitly.
     access: Access | None = None
+    # False for a route OpenAPI cannot describe (/mcp: JSON-RPC and event streams); still served.
+    openapi: bool = True
 
     @property
     def effective_access(self) -> Access:

@@ -7,13 +7,27 @@ from collections.abc import Callable
 import msgspec
 from aiohttp import web
 
-from metawsm.actors.runs.messages import CleanupRun, CloseRun, RestartAgent, ResumeRun, RunCommand, StopRun
+from metawsm.actors.runs.messages import (
+    CleanupRun,
+    CloseRun,
+    CommitRun,
+    IterateRun,
+    MergeRun,
+    OpenPullRequests,
+    RestartAgent,
+    ResumeRun,
+    RunCommand,
+    StopRun,
+    SyncReviews,
+)
 from metawsm.api.codec import json_response, parse_query, read_body
 from metawsm.api.context import context
 from metawsm.api.errors import ApiError, ErrorResponse
 from metawsm.api.idempotency import claim_of
 from metawsm.api.registry import Route
 from metawsm.api.schemas import ActorsResponse, RunViewResponse, RunViewsResponse
+from metawsm.runs.delivery import CommitReport, IterateReport, MergeReport
+from metawsm.runs.forge import PrReport, ReviewSyncReport
 from metawsm.runs.model import RunActionRequest, RunRequest, RunResponse, RunsResponse, RunStatus
 from metawsm.runs.service import RunsService
 
@@ -22,9 +36,17 @@ RUN_ACTIONS: dict[str, Callable[[str, RunActionRequest], RunCommand]] = {
     "stop": lambda run_id, options: StopRun(run_id),
     "resume": lambda run_id, options: ResumeRun(run_id),
     "restart": lambda run_id, options: RestartAgent(run_id, agent=options.agent),
-    "close": lambda run_id, options: CloseRun(run_id, merge=options.merge),
+    "close": lambda run_id, options: CloseRun(run_id, merge=options.merge, dry_run=options.dry_run,
+                                              changelog_entry=options.changelog_entry),
     "cleanup": lambda run_id, options: CleanupRun(run_id, keep_workspaces=options.keep_workspaces,
                                                   dry_run=options.dry_run),
+    "commit": lambda run_id, options: CommitRun(run_id, message=options.message, dry_run=options.dry_run),
+    "merge": lambda run_id, options: MergeRun(run_id, push=options.push, dry_run=options.dry_run),
+    "iterate": lambda run_id, options: IterateRun(run_id, feedback=options.feedback, agent=options.agent,
+                                                  dry_run=options.dry_run),
+    "pr": lambda run_id, options: OpenPullRequests(run_id, title=options.title, body=options.body, draft=options.draft,
+                                                   dry_run=options.dry_run),
+    "review-sync": lambda run_id, options: SyncReviews(run_id, dispatch=options.dispatch),
 }
 STATUSES = [s.value for s in RunStatus]
 
@@ -44,6 +66,26 @@ class CleanupSummary(msgspec.Struct, kw_only=True):
 
 class CleanupResponse(msgspec.Struct, kw_only=True):
     cleanup: CleanupSummary
+
+
+class CommitResponse(msgspec.Struct, kw_only=True):
+    commit: CommitReport
+
+
+class MergeResponse(msgspec.Struct, kw_only=True):
+    merge: MergeReport
+
+
+class IterateResponse(msgspec.Struct, kw_only=True):
+    iterate: IterateReport
+
+
+class PrResponse(msgspec.Struct, kw_only=True):
+    pr: PrReport
+
+
+class ReviewSyncResponse(msgspec.Struct, kw_only=True):
+    review_sync: ReviewSyncReport
 
 
 def _runs(request: web.Request) -> RunsService:
@@ -78,6 +120,16 @@ async def act(request: web.Request) -> web.Response:
     result = await _runs(request).act(command)
     if isinstance(result, dict):
         return json_response(CleanupResponse(cleanup=CleanupSummary(**result)))
+    if isinstance(result, CommitReport):
+        return json_response(CommitResponse(commit=result))
+    if isinstance(result, MergeReport):
+        return json_response(MergeResponse(merge=result))
+    if isinstance(result, IterateReport):
+        return json_response(IterateResponse(iterate=result))
+    if isinstance(result, PrReport):
+        return json_response(PrResponse(pr=result))
+    if isinstance(result, ReviewSyncReport):
+        return json_response(ReviewSyncResponse(review_sync=result))
     return json_response(RunResponse(run=result))
 
 
@@ -96,10 +148,13 @@ def routes() -> list[Route]:
         Route("GET", "/api/v1/runs/{run_id}", get_run, "One run", "runs",
               responses={200: RunViewResponse, 404: ErrorResponse}),
         Route("POST", "/api/v1/runs/{run_id}/{action:" + "|".join(RUN_ACTIONS) + "}", act,
-              "stop, resume, restart, close or cleanup a run", "runs", body=RunActionRequest,
+              "stop, resume, restart, close, cleanup, commit, merge, iterate, pr or review-sync a run",
+              "runs",
+              body=RunActionRequest,
               path_enums={"action": list(RUN_ACTIONS)},
               # 410: the run's workspaces are gone (cleaned up) for an action that needs them.
-              responses={200: RunViewResponse | CleanupResponse, **errors, 410: ErrorResponse}),
+              responses={200: RunViewResponse | CleanupResponse | CommitResponse | MergeResponse | IterateResponse
+                         | PrResponse | ReviewSyncResponse, **errors, 410: ErrorResponse}),
         Route("GET", "/api/v1/runs/{run_id}/actors", run_actors, "The run's actor subtree", "runs",
               responses={200: ActorsResponse, 404: ErrorResponse}),
     ]

@@ -52,7 +52,8 @@ async def health(request: web.Request) -> web.Response:
         except Exception:  # noqa: BLE001 - reported as unknown (null)
             stream_pending = None
     summary = ActorSummary(**system.summary())
-    verdict = assess(system.inspect(), bus.healthy, bus.error)
+    fault = services.storage.fault
+    verdict = assess(system.inspect(), bus.healthy, bus.error, fault.reason if fault is not None else "")
     body = HealthResponse(
         status=verdict.status,
         started_at=system.started_at,

@@ -20,6 +20,9 @@ USAGE = 2  # bad usage or input refused by the server (4xx)
 # error code → exit code, for the refusals that are not bad usage although their status is 4xx
 EXCEPTIONS: dict[str, int] = {
     "close_blocked": FAILURE,  # HTTP 409: a close gate refused (the run is not ready to close)
+    "commit_checks_failed": FAILURE,  # HTTP 409: a commit check failed (the work is not ready to commit)
+    "merge_refused": FAILURE,  # HTTP 409: a merge cannot be made as things stand (conflicts, local changes)
+    "pr_refused": FAILURE,  # HTTP 409: pr cannot push or open a pull request as things stand
 }
 
 

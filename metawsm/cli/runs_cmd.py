@@ -1,4 +1,5 @@
-"""Run commands: run, bootstrap, status, attach, resume, stop, restart, close, cleanup, debug actors.
+"""Run commands: run, bootstrap, status, attach, resume, stop, restart, close, cleanup, debug actors,
+and delivery: commit, merge, iterate, pr, auth check.
 
 All of them go through the daemon, which hosts the Run and TmuxAgent actors; this module
 only builds requests and prints answers.  A run is selected with ``--run-id`` or, with
@@ -7,6 +8,7 @@ only builds requests and prints answers.  A run is selected with ``--run-id`` or
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -15,7 +17,16 @@ from typing import Any, NoReturn
 
 import click
 
-from metawsm.cli.client import DaemonClient, fail, json_option, path_segment, print_json, reports_errors, server_option
+from metawsm.cli.client import (
+    ApiFailure,
+    DaemonClient,
+    fail,
+    json_option,
+    path_segment,
+    print_json,
+    reports_errors,
+    server_option,
+)
 from metawsm.cli.main import cli
 from metawsm.runs.attach import attach_argv, inside_server, switch_argv
 
@@ -107,11 +118,57 @@ def print_run(snapshot: dict[str, Any]) -> None:
         p.line()
         p.fields([("forum threads", forum.get("threads", 0)), ("open", forum.get("open_threads", 0)),
                   ("unanswered", forum.get("unanswered", 0))])
+    pulls = snapshot.get("pull_requests", [])
+    if pulls:
+        p.line()
+        p.table(("PR", "REPO", "BRANCH", "STATE", "URL"),
+                [[f"#{r['number']}" if r.get("number") else "-", f"{r['repo']} ({r['ticket']})", r.get("branch", ""),
+                  r.get("state", ""), r.get("url", "") or "-"] for r in pulls])
+    _print_delivery(p, snapshot)
     steps = snapshot.get("steps", [])
     if snapshot.get("dry_run") or any(s.get("status") == "failed" for s in steps):
         p.line()
         p.table(("STEP", "TICKET", "NAME", "STATUS", "ERROR"),
                 [[s["ordinal"], s.get("ticket", ""), s["name"], s["status"], s.get("error", "")] for s in steps])
+
+
+def _print_delivery(p: Any, snapshot: dict[str, Any]) -> None:
+    """The Docs, Diffs and Next sections of a run."""
+    docs = snapshot.get("docs")
+    if docs and not snapshot.get("dry_run"):
+        p.line()
+        p.line(f"docs: {docs.get('provider', '')}, home repo {docs.get('home_repo', '')}, "
+               f"seed mode {docs.get('seed_mode', '')}")
+        for row in docs.get("sync", []) or []:
+            line = f"  {row['ticket']} in {row['workspace']}: {row['status']}"
+            if row.get("revision"):
+                line += f" at {row['revision'][:12]}"
+            if row.get("error"):
+                line += f" ({row['error']})"
+            p.line(line)
+    diffs = snapshot.get("diffs", [])
+    if diffs:
+        p.line()
+        p.line("diffs:")
+        for diff in diffs:
+            if diff.get("error"):
+                p.line(f"  {diff['repo']} ({diff['workspace']}): {diff['error']}")
+                continue
+            changed = diff.get("changed", 0)
+            p.line(f"  {diff['repo']} ({diff['workspace']}): {changed} uncommitted file(s), "
+                   f"{diff.get('ahead', 0)} commit(s) ahead of {diff.get('base_branch', '')}")
+            files = diff.get("changed_files", [])
+            for name in files:
+                p.line(f"    {name}")
+            if changed > len(files):
+                p.line(f"    ... ({changed - len(files)} more)")
+    review = snapshot.get("review")
+    if review:
+        p.line()
+        p.line(f"review feedback: {review.get('queued', 0)} queued, {review.get('dispatched', 0)} dispatched")
+    if snapshot.get("next"):
+        p.line()
+        p.line(f"next: {snapshot['next']}")
 
 
 def _start(server: str, as_json: bool, body: dict[str, Any]) -> None:
@@ -329,13 +386,19 @@ def restart(run_id: str, ticket: str, agent: str, server: str, as_json: bool) ->
 
 @cli.command("close")
 @select_options
-@click.option("--merge", is_flag=True, help="Also merge each workspace branch into the base branch.")
+@click.option("--merge", is_flag=True, help="Also merge each workspace branch into the base branch (as `merge`).")
+@click.option("--changelog-entry", default="", help="Append this to the ticket's changelog (committed) first.")
+@click.option("--dry-run", is_flag=True, help="Check the gates (and, with --merge, the merge); change nothing.")
 @server_option
 @json_option
 @reports_errors
-def close(run_id: str, ticket: str, merge: bool, server: str, as_json: bool) -> None:
+def close(run_id: str, ticket: str, merge: bool, changelog_entry: str, dry_run: bool, server: str,
+          as_json: bool) -> None:
     """Close a finished run once its gates pass (exit 1 with the reason when blocked)."""
-    _action("close", run_id, ticket, server, as_json, {"merge": merge})
+    body = {"merge": merge, "changelog_entry": changelog_entry, "dry_run": dry_run}
+    _lines_on_refusal(("merge_refused",), lambda: _action("close", run_id, ticket, server, as_json, body))
+    if dry_run and not as_json:
+        click.echo("dry run: the gates pass" + (" and the merge can be made" if merge else "") + "; nothing changed")
 
 
 @cli.command("cleanup")
@@ -348,6 +411,240 @@ def close(run_id: str, ticket: str, merge: bool, server: str, as_json: bool) -> 
 def cleanup(run_id: str, ticket: str, keep_workspaces: bool, dry_run: bool, server: str, as_json: bool) -> None:
     """Remove a run's tmux sessions and workspaces (stop or close it first)."""
     _action("cleanup", run_id, ticket, server, as_json, {"keep_workspaces": keep_workspaces, "dry_run": dry_run})
+
+
+COMMIT_TIMEOUT = 3630.0  # the daemon gives the test commands up to an hour
+
+
+def _lines_on_refusal(codes: tuple[str, ...], call: Callable[[], Any]) -> Any:
+    """``call()``; a refusal with one of ``codes`` is printed one ``error:`` line per problem."""
+    try:
+        return call()
+    except ApiFailure as failure:
+        if failure.code not in codes:
+            raise
+        for line in failure.message.splitlines():
+            click.echo(f"error: {line}", err=True)
+        raise SystemExit(failure.exit_code) from None
+
+
+@cli.command("commit")
+@select_options
+@click.option("--message", "-m", default="", help='Commit message (default: "<ticket>: <first line of the goal>").')
+@click.option("--dry-run", is_flag=True, help="Check what can be checked without running the tests; commit nothing.")
+@server_option
+@json_option
+@reports_errors
+def commit(run_id: str, ticket: str, message: str, dry_run: bool, server: str, as_json: bool) -> None:
+    """Check and commit a run's changes on its branch (exit 1, one line per problem, when a check fails).
+
+    The checks are the policy's git_pr.required_checks: forbidden_files, tests (git_pr.test_commands,
+    run in each repository's checkout), clean_tree.  The agent's own commits stay on the branch.
+    """
+    client = DaemonClient(server, read_timeout=COMMIT_TIMEOUT)
+    run_id = resolve_run_id(client, run_id, ticket)
+    response = _lines_on_refusal(("commit_checks_failed",), lambda: client.post(
+        f"{API}/{path_segment(run_id)}/commit", {"message": message, "dry_run": dry_run}, ok=(200,)))
+    if as_json:
+        print_json(response)
+        return
+    report = response.data["commit"]
+    p = _printer()
+    p.line(f"{report['run_id']}  commit" + ("  (dry run)" if report.get("dry_run") else ""))
+    verbs = {"committed": "committed", "clean": "nothing to commit", "would_commit": "would commit"}
+    for repo in report.get("repos", []):
+        what = verbs.get(repo["status"], repo["status"])
+        if repo["status"] == "committed":
+            what += f" {repo['commit'][:12]}"
+        elif repo["status"] == "would_commit":
+            what += f" {len(repo.get('files', []))} file(s)"
+        p.line(f"  {repo['repo']} ({repo['ticket']}): {what} on {repo['branch']}, "
+               f"{repo.get('ahead', 0)} commit(s) ahead of {repo['base_branch']}")
+        for check in repo.get("checks", []):
+            p.line(f"    {check['name']}: {check['status']}")
+    if not report.get("repos"):
+        p.line("  no repositories")
+
+
+@cli.command("merge")
+@select_options
+@click.option("--push", is_flag=True, help="Then push each base branch to origin.")
+@click.option("--dry-run", is_flag=True, help="Say what each merge would be, and what refuses it; change nothing.")
+@server_option
+@json_option
+@reports_errors
+def merge(run_id: str, ticket: str, push: bool, dry_run: bool, server: str, as_json: bool) -> None:
+    """Merge a run's branches into the base branch (fast-forward, else a merge commit).
+
+    Refused as a whole, one line per problem (exit 1), when the base moved in a way that
+    conflicts, the base branch's checkout has local changes or a workspace has uncommitted work.
+    A clean checkout of the base branch is updated as `git merge` there would.
+    """
+    client = DaemonClient(server, read_timeout=COMMIT_TIMEOUT)
+    run_id = resolve_run_id(client, run_id, ticket)
+    response = _lines_on_refusal(("merge_refused",), lambda: client.post(
+        f"{API}/{path_segment(run_id)}/merge", {"push": push, "dry_run": dry_run}, ok=(200,)))
+    if as_json:
+        print_json(response)
+        return
+    report = response.data["merge"]
+    p = _printer()
+    p.line(f"{report['run_id']}  merge" + ("  (dry run)" if report.get("dry_run") else ""))
+    dry = bool(report.get("dry_run"))
+    words = {"fast_forward": "would fast-forward" if dry else "fast-forwarded",
+             "merge_commit": "would get a merge commit" if dry else "merged with a merge commit",
+             "up_to_date": "already has everything"}
+    for repo in report.get("repos", []):
+        at = f" at {repo['commit'][:12]}" if repo.get("commit") else ""
+        line = f"  {repo['repo']} ({repo['ticket']}): {repo['base_branch']} {words.get(repo['how'], repo['how'])}{at}"
+        if repo.get("checkout") and repo["how"] != "up_to_date":
+            line += f", checkout {repo['checkout']}" + (" would be updated" if dry else " updated")
+        if repo.get("pushed"):
+            line += f", pushed to origin/{repo['base_branch']}"
+        p.line(line)
+    if not report.get("repos"):
+        p.line("  no repositories")
+
+
+@cli.command("pr")
+@select_options
+@click.option("--title", default="", help='Pull request title (default: "[<ticket>] <first line of the goal>").')
+@click.option("--body", default="", help="Pull request description (default: brief, Q/A, validation, diff stat).")
+@click.option("--draft", is_flag=True, help="Open draft pull requests (github provider).")
+@click.option("--dry-run", is_flag=True, help="Say what would be pushed and opened; change nothing.")
+@server_option
+@json_option
+@reports_errors
+def pr(run_id: str, ticket: str, title: str, body: str, draft: bool, dry_run: bool, server: str,
+       as_json: bool) -> None:
+    """Push a run's branches to origin and open pull requests (git_pr.provider: auto, github, push).
+
+    With the push provider the branch is pushed and, for a GitHub, GitLab or Bitbucket origin,
+    the page that opens the pull request is printed.  The github provider uses the gh CLI
+    (see `metawsm auth check`).
+    """
+    client = DaemonClient(server, read_timeout=COMMIT_TIMEOUT)
+    run_id = resolve_run_id(client, run_id, ticket)
+    response = _lines_on_refusal(("pr_refused",), lambda: client.post(
+        f"{API}/{path_segment(run_id)}/pr", {"title": title, "body": body, "draft": draft, "dry_run": dry_run},
+        ok=(200,)))
+    if as_json:
+        print_json(response)
+        return
+    report = response.data["pr"]
+    p = _printer()
+    p.line(f"{report['run_id']}  pr ({report['provider']})" + ("  (dry run)" if report.get("dry_run") else ""))
+    for row in report.get("pull_requests", []):
+        what = "would push" if report.get("dry_run") else row.get("state", "")
+        line = f"  {row['repo']} ({row['ticket']}): {row['branch']} {what}"
+        if row.get("number"):
+            line += f" #{row['number']}"
+        if row.get("url"):
+            line += f" {row['url']}"
+        p.line(line)
+    for reason in report.get("skipped", []):
+        p.line(f"  skipped: {reason}")
+    if not report.get("pull_requests") and not report.get("skipped"):
+        p.line("  no repositories")
+
+
+@cli.group("review")
+def review() -> None:
+    """Review feedback of a run's pull requests."""
+
+
+@review.command("sync")
+@select_options
+@click.option("--dispatch", is_flag=True, help="Also send the queued feedback to the agents (as `iterate`).")
+@server_option
+@json_option
+@reports_errors
+def review_sync(run_id: str, ticket: str, dispatch: bool, server: str, as_json: bool) -> None:
+    """Fetch the reviews and review comments of a run's pull requests (github provider).
+
+    Each is stored once and posted in the run's forum (a thread per pull request); authors in
+    git_pr.review_feedback.ignore_authors are skipped.  --dispatch sends what is queued to the
+    agents, as `metawsm iterate` would.
+    """
+    client = DaemonClient(server, read_timeout=COMMIT_TIMEOUT)
+    run_id = resolve_run_id(client, run_id, ticket)
+    response = _lines_on_refusal(("pr_refused",), lambda: client.post(
+        f"{API}/{path_segment(run_id)}/review-sync", {"dispatch": dispatch}, ok=(200,)))
+    if as_json:
+        print_json(response)
+        return
+    report = response.data["review_sync"]
+    line = (f"{report['run_id']}  review sync: {report.get('pull_requests', 0)} pull request(s), "
+            f"{report.get('new', 0)} new, {report.get('ignored', 0)} ignored, {report.get('queued', 0)} queued")
+    if report.get("dispatched"):
+        line += f", {report['dispatched']} dispatched (iteration {report.get('iteration', 0)})"
+    click.echo(line)
+    for thread in report.get("threads", []):
+        click.echo(f"  forum thread: {thread}")
+
+
+@cli.group("auth")
+def auth() -> None:
+    """Credentials the delivery commands use."""
+
+
+@auth.command("check")
+@json_option
+def auth_check(as_json: bool) -> None:
+    """Whether the gh CLI is installed and logged in (the github forge provider needs both); exit 1 if not.
+
+    Checked on this machine, where the daemon runs `gh` too.
+    """
+    from metawsm.runs.forge import gh_status
+
+    status = gh_status()
+    ready = status.installed and status.logged_in
+    if as_json:
+        click.echo(json.dumps({"gh": {"installed": status.installed, "logged_in": status.logged_in,
+                                      "detail": status.detail}, "auto_provider": "github" if ready else "push"}))
+    else:
+        click.echo(f"gh: installed={'yes' if status.installed else 'no'} "
+                   f"logged_in={'yes' if status.logged_in else 'no'}")
+        if status.detail:
+            click.echo(f"  {status.detail}")
+        click.echo(f"git_pr.provider auto uses: {'github' if ready else 'push'}")
+    if not ready:
+        raise SystemExit(1)
+
+
+@cli.command("iterate")
+@select_options
+@click.option("--feedback", default="", help="What the agents should do next (required).")
+@click.option("--agent", default="", help="Only this agent (default: every agent of the run).")
+@click.option("--dry-run", is_flag=True, help="Say what would happen; change nothing.")
+@server_option
+@json_option
+@reports_errors
+def iterate(run_id: str, ticket: str, feedback: str, agent: str, dry_run: bool, server: str, as_json: bool) -> None:
+    """Send a run back to work with feedback (from completed, running or stopped).
+
+    The feedback is posted in the run's forum, written to <workspace>/.metawsm/feedback.md (never
+    committed) and announced in each agent's tmux pane; completion and validation signals from
+    before it no longer count for close.
+    """
+    if not feedback.strip():
+        fail("--feedback is required", 2)
+    client = DaemonClient(server, read_timeout=RUN_TIMEOUT)
+    run_id = resolve_run_id(client, run_id, ticket)
+    response = client.post(f"{API}/{path_segment(run_id)}/iterate",
+                           {"feedback": feedback, "agent": agent, "dry_run": dry_run}, ok=(200,))
+    if as_json:
+        print_json(response)
+        return
+    report = response.data["iterate"]
+    p = _printer()
+    if report.get("dry_run"):
+        p.line(f"{report['run_id']}  iteration {report['iteration']} (dry run): nothing changed")
+    else:
+        p.line(f"{report['run_id']}  iteration {report['iteration']}: {report['status']}")
+    p.fields([("agents", ", ".join(report.get("agents", [])) or "none"),
+              ("feedback files", ", ".join(report.get("files", [])) or "none"),
+              ("forum threads", ", ".join(report.get("threads", [])) or "-")])
 
 
 @cli.group("debug")

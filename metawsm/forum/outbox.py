@@ -1,7 +1,8 @@
 """SQL for ``forum_outbox`` and ``forum_parked_messages``: the durable hand-off to Redis.
 
 Producers insert rows inside their own write transaction; the relay claims pending rows in
-id order, publishes them and marks them sent.  A row is never deleted before it is sent.
+id order, publishes them and marks them sent.  A row is never deleted before it is sent, nor
+before what it carries is applied (:mod:`metawsm.forum.retention`).
 """
 
 from __future__ import annotations
@@ -59,15 +60,31 @@ def record_failure(conn: sqlite3.Connection, row_ids: Sequence[int], error: str,
     )
 
 
-def requeue_unfinished_commands(conn: sqlite3.Connection, command_prefix: str, now: str) -> int:
-    """Reconcile: commands sent to Redis whose verdict is not recorded go back to pending."""
-    cursor = conn.execute(
-        "UPDATE forum_outbox SET status = 'pending', updated_at = ? WHERE status IN ('sent', 'processing', 'failed')"
-        " AND topic LIKE ? ESCAPE '\\' AND NOT EXISTS (SELECT 1 FROM forum_command_results r"
-        " WHERE r.event_id = json_extract(forum_outbox.payload_json, '$.envelope.event_id'))",
-        (now, _like_prefix(command_prefix)),
-    )
-    return cursor.rowcount
+_REQUEUE = (
+    "UPDATE forum_outbox SET status = 'pending', updated_at = ? WHERE {rows}"
+    " AND status IN ('sent', 'processing', 'failed') AND topic LIKE ? ESCAPE '\\'"
+    " AND NOT EXISTS (SELECT 1 FROM forum_command_results r"
+    " WHERE r.event_id = json_extract(forum_outbox.payload_json, '$.envelope.event_id'))"
+)
+
+
+def requeue_unfinished_commands(conn: sqlite3.Connection, command_prefix: str, now: str, floor: int = 0) -> int:
+    """Reconcile: commands sent to Redis whose verdict is not recorded go back to pending.
+
+    Only rows above ``floor`` (the handler's decided floor: every command at or below it has a
+    verdict or is parked) and replayed parked rows (which may sit below it undecided) can lack a
+    verdict, so only those are looked at: the cost is the unapplied work, not the history.
+    """
+    prefix = _like_prefix(command_prefix)
+    requeued = conn.execute(_REQUEUE.format(rows="id > ?"), (now, floor, prefix)).rowcount
+    # One lookup per replayed message id (few), by its unique index: a single statement joining
+    # the parked table let SQLite walk every sent row below the floor instead.
+    replayed = [row[0] for row in conn.execute(
+        "SELECT message_id FROM forum_parked_messages WHERE replayed_at IS NOT NULL")]
+    for message_id in replayed:
+        requeued += conn.execute(_REQUEUE.format(rows="message_id = ? AND id <= ?"),
+                                 (now, message_id, floor, prefix)).rowcount
+    return requeued
 
 
 def park(

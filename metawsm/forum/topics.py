@@ -6,6 +6,9 @@ import msgspec
 
 from metawsm.forum.messages import COMMAND_NAMES, EVENT_TYPES
 
+# Integration messages the handler writes for consumers outside this daemon (write_model.py).
+INTEGRATION_NAMES = ("docs_sync_requested",)
+
 
 class Topics(msgspec.Struct, frozen=True):
     command_prefix: str = "forum.commands"
@@ -27,5 +30,11 @@ class Topics(msgspec.Struct, frozen=True):
     def all_events(self) -> list[str]:
         return [self.event(event_type) for event_type in EVENT_TYPES]
 
+    def all_integrations(self) -> list[str]:
+        return [self.integration(name) for name in INTEGRATION_NAMES]
+
     def is_command(self, topic: str) -> bool:
         return topic.startswith(self.command_prefix + ".")
+
+    def is_event(self, topic: str) -> bool:
+        return topic.startswith(self.event_prefix + ".")

@@ -92,6 +92,16 @@ def transition_error(run_id: str, from_status: str, to_status: str) -> RunError:
 # -- spec ---------------------------------------------------------------------------------------
 
 
+# Delivery steps: added by the commands that deliver a run's work (one row per ticket and kind,
+# updated by each attempt); never executed by the run's own step loop.
+STEP_COMMIT = "commit"
+STEP_MERGE = "merge"
+STEP_ITERATE = "iterate"
+STEP_PR = "pr"
+STEP_REVIEW = "review_sync"
+DELIVERY_STEPS = frozenset({STEP_COMMIT, STEP_MERGE, STEP_ITERATE, STEP_PR, STEP_REVIEW})
+
+
 class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     profile: str
@@ -194,6 +204,14 @@ class RunActionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     keep_workspaces: bool = False  # cleanup
     merge: bool = False  # close: merge workspace branches into the base branch
     dry_run: bool = False
+    message: Line = ""  # commit: the commit message (default: "<ticket>: <goal>")
+    push: bool = False  # merge: push the base branches to origin afterwards
+    changelog_entry: Line = ""  # close: append this to the ticket's changelog (committed) first
+    feedback: Text = ""  # iterate: the feedback for the agents (required there)
+    title: Line = ""  # pr: the pull request's title (default: "[<ticket>] <goal>")
+    body: Text = ""  # pr: its description (default: brief, Q/A, validation, diff stat)
+    draft: bool = False  # pr: open it as a draft
+    dispatch: bool = False  # review-sync: also send the queued feedback to the agents (as iterate)
 
 
 # -- snapshots ----------------------------------------------------------------------------------
@@ -244,6 +262,59 @@ class ForumCounts(msgspec.Struct, kw_only=True):
     unanswered: int
 
 
+class PullRequestRow(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A row of ``run_pull_requests`` (see docs/runs.md, From run to merged change)."""
+
+    ticket: str
+    repo: str
+    workspace: str = ""
+    provider: str = ""  # github | push
+    branch: str = ""
+    base_branch: str = ""
+    head_commit: str = ""
+    url: str = ""  # the pull request, or a known forge's compare page ("" when none)
+    number: int = 0
+    state: str = ""  # pushed | open | draft | closed | merged
+    updated_at: str = ""
+
+
+class DocSyncRow(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A row of ``doc_sync_states``: the ``seed_docs`` step of one ticket and workspace."""
+
+    ticket: str
+    workspace: str
+    status: str  # pending | synced | failed
+    revision: str = ""  # the doc-home checkout's commit once synced
+    error: str = ""
+    updated_at: str = ""
+
+
+class DocsView(msgspec.Struct, kw_only=True, omit_defaults=True):
+    provider: str
+    home_repo: str
+    seed_mode: str
+    sync: list[DocSyncRow] = []
+
+
+class RepoDiff(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One repository of one workspace: what is not committed yet, and how far the branch is
+    ahead of the base branch."""
+
+    workspace: str
+    repo: str
+    branch: str = ""
+    base_branch: str = ""
+    changed: int = 0  # uncommitted paths (untracked included)
+    changed_files: list[str] = []  # the first 20 of them
+    ahead: int = 0
+    error: str = ""  # e.g. the checkout is gone
+
+
+class ReviewCounts(msgspec.Struct, kw_only=True):
+    queued: int = 0  # fetched, not sent to the agents yet
+    dispatched: int = 0
+
+
 class RunSnapshot(msgspec.Struct, kw_only=True, omit_defaults=True):
     run_id: str
     mode: str
@@ -261,6 +332,12 @@ class RunSnapshot(msgspec.Struct, kw_only=True, omit_defaults=True):
     forum: ForumCounts | None = None
     brief: Brief | None = None
     workspace_root: str = ""
+    # What `metawsm pr` pushed and opened, per ticket and repo (left out when nothing yet).
+    pull_requests: list[PullRequestRow] = []
+    docs: DocsView | None = None  # the ticket docs and their seed_docs state
+    diffs: list[RepoDiff] = []  # GET /api/v1/runs/{id} only (it runs git): per workspace and repo
+    next: str = ""  # the one command that moves the run on, when there is one
+    review: ReviewCounts | None = None  # review feedback fetched by `metawsm review sync`, once there is some
 
 
 class RunResponse(msgspec.Struct, kw_only=True):

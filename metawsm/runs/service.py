@@ -9,7 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from metawsm.actors.node import ActorNode
-from metawsm.actors.runs.messages import RUNS, CreateRun, RunCommand, run_path
+from metawsm.actors.runs.messages import (
+    RUNS,
+    CommitRun,
+    CreateRun,
+    MergeRun,
+    OpenPullRequests,
+    RunCommand,
+    SyncReviews,
+    run_path,
+)
 from metawsm.actors.system import ActorSystem
 from metawsm.idempotency_keys import KeyClaim
 from metawsm.runs import store
@@ -20,6 +29,7 @@ from metawsm.services import Services
 T = TypeVar("T")
 CREATE_TIMEOUT = 300.0
 ACTION_TIMEOUT = 120.0
+DELIVERY_TIMEOUT = 3600.0  # commit runs the policy's test commands (each may take up to 30 minutes)
 
 
 class RunsService:
@@ -41,13 +51,14 @@ class RunsService:
     async def read(self, query: Callable[[Any], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._read, query)
 
-    def _snapshot(self, conn: Any, run_id: str) -> RunSnapshot:
+    def _snapshot(self, conn: Any, run_id: str, details: bool = False) -> RunSnapshot:
         # Restarts left count against the budget of the policy the run was planned with.
         budget = store.load_run(conn, run_id).spec.policy_or(self.services.policy).operator.restart_budget
-        return build_snapshot(conn, run_id, budget)
+        return build_snapshot(conn, run_id, budget, details=details)
 
     async def snapshot(self, run_id: str) -> RunSnapshot:
-        return await self.read(lambda conn: self._snapshot(conn, run_id))
+        """One run, with what git says of its workspaces (diffs) and the next command."""
+        return await self.read(lambda conn: self._snapshot(conn, run_id, details=True))
 
     async def list(self, ticket: str | None = None, status: str | None = None) -> list[RunSnapshot]:
         def query(conn: Any) -> list[RunSnapshot]:
@@ -62,12 +73,15 @@ class RunsService:
         return await self.snapshot(result)
 
     async def act(self, command: RunCommand) -> Any:
-        """Give a run a command; the run's snapshot once it is done, or the cleanup summary."""
+        """Give a run a command; the run's snapshot once it is done, or the command's own answer
+        (the cleanup summary, a commit or merge report)."""
         run_id = command.run_id
         await self.read(lambda conn: store.load_run(conn, run_id))  # 404 before anything else
-        result = await self.system.ask_async(RUNS, command, timeout=ACTION_TIMEOUT)
-        if isinstance(result, dict):
-            return result  # cleanup summary
+        slow = CommitRun | MergeRun | OpenPullRequests | SyncReviews
+        timeout = DELIVERY_TIMEOUT if isinstance(command, slow) else ACTION_TIMEOUT
+        result = await self.system.ask_async(RUNS, command, timeout=timeout)
+        if not isinstance(result, str):
+            return result  # cleanup summary, commit or merge report
         return await self.snapshot(run_id)
 
     async def actors(self, run_id: str) -> ActorNode:

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from metawsm.clock import now_text
-from metawsm.runs.model import Brief, RunNotFound, RunSpec, transition_allowed, transition_error
+from metawsm.runs.model import DELIVERY_STEPS, Brief, RunNotFound, RunSpec, transition_allowed, transition_error
 from metawsm.store import write_transaction
 
 _spec_decoder = msgspec.json.Decoder(RunSpec)
@@ -190,12 +190,34 @@ def update_step(conn: sqlite3.Connection, run_id: str, ordinal: int, status: str
 
 
 def reset_steps(conn: sqlite3.Connection, run_id: str) -> None:
+    """Set the run's setup steps that are not done back to pending (delivery steps keep their outcome)."""
+    marks = ", ".join("?" for _ in DELIVERY_STEPS)
     with write_transaction(conn):
         conn.execute(
             "UPDATE run_steps SET status = 'pending', error = '', started_at = NULL, finished_at = NULL"
-            " WHERE run_id = ? AND status != 'done'",
-            (run_id,),
+            f" WHERE run_id = ? AND status != 'done' AND name NOT IN ({marks})",
+            (run_id, *sorted(DELIVERY_STEPS)),
         )
+
+
+def setup_steps(conn: sqlite3.Connection, run_id: str) -> list[StepRow]:
+    """The steps that set the run up (planned with it), without the delivery steps."""
+    return [step for step in steps(conn, run_id) if step.name not in DELIVERY_STEPS]
+
+
+def delivery_step(conn: sqlite3.Connection, run_id: str, ticket: str, name: str) -> int:
+    """The ordinal of the run's delivery step ``name`` for ``ticket``, added after the others
+    the first time."""
+    with write_transaction(conn):
+        row = conn.execute("SELECT ordinal FROM run_steps WHERE run_id = ? AND ticket = ? AND name = ?",
+                           (run_id, ticket, name)).fetchone()
+        if row is not None:
+            return int(row[0])
+        last = conn.execute("SELECT COALESCE(MAX(ordinal), -1) FROM run_steps WHERE run_id = ?", (run_id,)).fetchone()
+        ordinal = int(last[0]) + 1
+        conn.execute("INSERT INTO run_steps (run_id, ordinal, ticket, name, status, attempts, error)"
+                     " VALUES (?, ?, ?, ?, 'pending', 0, '')", (run_id, ordinal, ticket, name))
+        return ordinal
 
 
 def agents(conn: sqlite3.Connection, run_id: str) -> list[AgentRow]:
@@ -242,3 +264,120 @@ def run_events(conn: sqlite3.Connection, run_id: str, limit: int = 50) -> list[d
         (run_id, limit),
     ).fetchall()
     return [{"at": r[0], "kind": r[1], "from": r[2], "to": r[3], "message": r[4]} for r in rows]
+
+
+def record_iteration(conn: sqlite3.Connection, run_id: str, agent_name: str, feedback: str) -> tuple[int, int]:
+    """Record an iteration of the run (``metawsm iterate``) with the newest forum event sequence
+    now; returns (iteration number, that sequence)."""
+    with write_transaction(conn):
+        number = conn.execute("SELECT COALESCE(MAX(iteration), 0) + 1 FROM run_iterations WHERE run_id = ?",
+                              (run_id,)).fetchone()[0]
+        sequence = conn.execute("SELECT COALESCE(MAX(sequence), 0) FROM forum_events").fetchone()[0]
+        conn.execute("INSERT INTO run_iterations (run_id, iteration, agent_name, feedback, forum_sequence, created_at)"
+                     " VALUES (?, ?, ?, ?, ?, ?)", (run_id, number, agent_name, feedback, sequence, now_text()))
+    return int(number), int(sequence)
+
+
+def iteration_count(conn: sqlite3.Connection, run_id: str) -> int:
+    row = conn.execute("SELECT COALESCE(MAX(iteration), 0) FROM run_iterations WHERE run_id = ?", (run_id,)).fetchone()
+    return int(row[0])
+
+
+def iteration_marks(conn: sqlite3.Connection, run_id: str) -> dict[str, int]:
+    """Per agent name ("" for every agent), the forum sequence of its latest iteration."""
+    rows = conn.execute("SELECT agent_name, MAX(forum_sequence) FROM run_iterations WHERE run_id = ?"
+                        " GROUP BY agent_name", (run_id,)).fetchall()
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def upsert_pull_request(conn: sqlite3.Connection, run_id: str, view: Any) -> None:
+    """Record what ``metawsm pr`` did for one (ticket, repo) (a forge.PullRequestView)."""
+    now = now_text()
+    with write_transaction(conn):
+        conn.execute(
+            "INSERT INTO run_pull_requests (run_id, ticket, repo, workspace, provider, branch, base_branch,"
+            " head_commit, url, number, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (run_id, ticket, repo) DO UPDATE SET workspace = excluded.workspace,"
+            " provider = excluded.provider, branch = excluded.branch, base_branch = excluded.base_branch,"
+            " head_commit = excluded.head_commit, url = excluded.url, number = excluded.number,"
+            " state = excluded.state, updated_at = excluded.updated_at",
+            (run_id, view.ticket, view.repo, view.workspace, view.provider, view.branch, view.base_branch,
+             view.head_commit, view.url, view.number, view.state, now, now),
+        )
+
+
+def pull_requests(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT ticket, repo, workspace, provider, branch, base_branch, head_commit, url, number, state, updated_at"
+        " FROM run_pull_requests WHERE run_id = ? ORDER BY ticket, repo", (run_id,)).fetchall()
+    keys = ("ticket", "repo", "workspace", "provider", "branch", "base_branch", "head_commit", "url", "number",
+            "state", "updated_at")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def record_doc_sync(conn: sqlite3.Connection, run_id: str, ticket: str, workspace: str, status: str,
+                    revision: str = "", error: str = "") -> None:
+    """The ``seed_docs`` state of one (run, ticket, workspace): pending, synced or failed."""
+    with write_transaction(conn):
+        conn.execute(
+            "INSERT INTO doc_sync_states (run_id, ticket, workspace, status, revision, updated_at, error)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, ticket, workspace) DO UPDATE SET"
+            " status = excluded.status, revision = excluded.revision, updated_at = excluded.updated_at,"
+            " error = excluded.error", (run_id, ticket, workspace, status, revision, now_text(), error))
+
+
+def doc_sync_states(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT ticket, workspace, status, revision, error, updated_at FROM doc_sync_states"
+                        " WHERE run_id = ? ORDER BY ticket, workspace", (run_id,)).fetchall()
+    keys = ("ticket", "workspace", "status", "revision", "error", "updated_at")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def store_review_items(conn: sqlite3.Connection, run_id: str, items: Iterable[Any]) -> list[Any]:
+    """Store review items (forge.ReviewItem) once each, ``queued``; returns the ones new here."""
+    new: list[Any] = []
+    now = now_text()
+    with write_transaction(conn):
+        for item in items:
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO run_review_feedback (run_id, ticket, repo, pr_number, source_type, source_id,"
+                " author, state, body, path, line, url, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                (run_id, item.ticket, item.repo, item.pr_number, item.source_type, item.source_id, item.author,
+                 item.state, item.body, item.path, item.line, item.url, now)).rowcount
+            if inserted:
+                new.append(item)
+    return new
+
+
+def review_thread(conn: sqlite3.Connection, run_id: str, repo: str, pr_number: int) -> str:
+    row = conn.execute("SELECT thread_id FROM run_review_feedback WHERE run_id = ? AND repo = ? AND pr_number = ?"
+                       " AND thread_id != '' LIMIT 1", (run_id, repo, pr_number)).fetchone()
+    return row[0] if row else ""
+
+
+def set_review_thread(conn: sqlite3.Connection, run_id: str, repo: str, pr_number: int, thread_id: str) -> None:
+    with write_transaction(conn):
+        conn.execute("UPDATE run_review_feedback SET thread_id = ? WHERE run_id = ? AND repo = ? AND pr_number = ?"
+                     " AND thread_id = ''", (thread_id, run_id, repo, pr_number))
+
+
+def queued_reviews(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT ticket, repo, pr_number, source_type, source_id, author, state, body, path, line, url"
+                        " FROM run_review_feedback WHERE run_id = ? AND status = 'queued'"
+                        " ORDER BY created_at, repo, pr_number, source_type, source_id", (run_id,)).fetchall()
+    keys = ("ticket", "repo", "pr_number", "source_type", "source_id", "author", "state", "body", "path", "line",
+            "url")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def mark_reviews_dispatched(conn: sqlite3.Connection, run_id: str) -> None:
+    with write_transaction(conn):
+        conn.execute("UPDATE run_review_feedback SET status = 'dispatched' WHERE run_id = ? AND status = 'queued'",
+                     (run_id,))
+
+
+def review_counts(conn: sqlite3.Connection, run_id: str) -> dict[str, int]:
+    rows = conn.execute("SELECT status, COUNT(*) FROM run_review_feedback WHERE run_id = ? GROUP BY status",
+                        (run_id,)).fetchall()
+    return {row[0]: int(row[1]) for row in rows}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from metawsm.clock import now_text
-from metawsm.store import schema_auth, schema_forum, schema_idempotency, schema_runs
+from metawsm.store import schema_auth, schema_delivery, schema_forum, schema_idempotency, schema_marks, schema_runs
 from metawsm.store.db import StoreError, write_transaction
 
 if TYPE_CHECKING:
@@ -42,6 +42,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "run tables", schema_runs.apply),
     Migration(3, "agent tokens", schema_auth.apply),
     Migration(4, "api idempotency keys", schema_idempotency.apply),
+    Migration(5, "forum pipeline marks", schema_marks.apply),
+    Migration(6, "run iterations", schema_delivery.apply),
+    Migration(7, "run pull requests", schema_delivery.apply_pull_requests),
+    Migration(8, "doc sync errors", schema_delivery.apply_doc_sync_errors),
+    Migration(9, "run review feedback", schema_delivery.apply_review_feedback),
 )
 
 

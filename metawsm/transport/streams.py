@@ -569,6 +569,25 @@ class StreamBus:
             counts = self._trim(keys=keys, args=[self.group])
         return sum(int(value) for value in counts)
 
+    def trim_older_than(self, topics: Iterable[str], cut_ms: int) -> int:
+        """Drop entries added before ``cut_ms`` (Unix milliseconds) from each stream; returns how many.
+
+        ``XTRIM MINID <cut_ms>-0``: entry ids start with the time they were added.  No group is
+        asked, so use it only for streams nobody in this daemon consumes (the integration topics);
+        consumed streams are cut by :meth:`trim_acknowledged`.  A missing stream is left missing.
+        """
+        if cut_ms <= 0:
+            return 0
+        keys = self._keys(topics)
+        if not keys:
+            return 0
+        with self._guard("XTRIM", keys):
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.execute_command("XTRIM", key, "MINID", "=", f"{cut_ms}-0")
+            replies = self._execute(pipe, "XTRIM", keys)
+        return sum(int(reply) for reply in replies)
+
     def describe_topics(self, topics: Iterable[str]) -> list[TopicInfo]:
         """Stream and group state per topic, for the debug snapshot (``bus.topics``)."""
         topic_list = _unique(topics)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +125,19 @@ class ServeProcess:
     def restart(self) -> ServeProcess:
         self.stop()
         return self.start()
+
+
+@contextmanager
+def serving(redis_url: str, directory: Path, **policy_sections: Any) -> Iterator[ServeProcess]:
+    """A ``metawsm serve`` on its own database and stream namespace (a module's shared daemon);
+    ``policy_sections`` replace whole sections of the test policy (``api={...}``).  On exit
+    it stops the daemon and deletes its Redis keys."""
+    from support.processes import short_id, unlink_prefix
+
+    namespace = f"t{short_id()}"
+    process = ServeProcess(directory, {**policy_data(redis_url, namespace), **policy_sections})
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+        unlink_prefix(redis_url, namespace)

@@ -379,7 +379,8 @@ class StreamConsumer(ManagedActor):
         key_tuple = batch.keys
 
         def done(report: DeliveryReport) -> None:
-            _safe_tell(me, DeliveryDone(target=target, keys=key_tuple, failed=report.failed))
+            _safe_tell(me, DeliveryDone(target=target, keys=key_tuple, failed=report.failed,
+                                        retry_after=report.retry_after))
 
         def failed(error: BaseException) -> None:
             text = f"{type(error).__name__}: {error}"
@@ -436,18 +437,27 @@ class StreamConsumer(ManagedActor):
     def _park(self, parking: Parking) -> None:
         entry = parking.entry
         message_id = entry.message_id or f"fmsg_unknown_{entry.entry_id}"
-        with write_transaction(self.conn):
-            outbox.park(
-                self.conn,
-                message_id=message_id,
-                topic=entry.topic,
-                stream=entry.stream,
-                stream_entry_id=entry.entry_id,
-                payload=entry.payload,
-                attempts=parking.attempts,
-                error=parking.error,
-                now=now_text(),
-            )
+        try:
+            with write_transaction(self.conn):
+                outbox.park(
+                    self.conn,
+                    message_id=message_id,
+                    topic=entry.topic,
+                    stream=entry.stream,
+                    stream_entry_id=entry.entry_id,
+                    payload=entry.payload,
+                    attempts=parking.attempts,
+                    error=parking.error,
+                    now=now_text(),
+                )
+        except sqlite3.Error as error:
+            fault = self.services.storage.report(error)
+            if fault is None:
+                raise
+            # Not recorded, so not acked either: the entry stays pending in Redis and a reclaim
+            # brings it back once the disk can be written.  Crashing would only loop.
+            log.warning("could not park stream entry %s (%s): %s", message_id, fault.reason, error)
+            return
         self.parked_total += 1
         self.status.parked_total += 1
         log.error("parked stream entry %s (%s) after %d attempt(s): %s",

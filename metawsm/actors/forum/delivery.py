@@ -12,7 +12,8 @@ here, so it can be tested without Redis, actors or time passing.  The invariants
   ``busy_stale`` seconds ago), entries for it queue here, in order, and go out together when
   it reports, at most ``max_deliver`` per Deliver.
 * **Retry or count.**  A worker that was unavailable, or an error starting with ``retry:``,
-  means "again shortly" (``RETRY_UNAVAILABLE_SECONDS``) with no attempt counted.  Any other
+  means "again shortly" (``RETRY_UNAVAILABLE_SECONDS``, or the report's ``retry_after`` when the
+  worker asked for longer: a database that cannot be written) with no attempt counted.  Any other
   error counts an attempt for that worker and retries after a growing delay
   (``RETRY_FAILED_SECONDS`` doubling); at ``max_attempts`` the entry is parked (once, however
   many workers give up on it) and that worker is done with it.
@@ -206,7 +207,8 @@ class DeliveryTracker:
             elif not record.remaining:
                 finished.append(record.entry)
                 del self._in_flight[key]
-        retries = [Retry(RETRY_UNAVAILABLE_SECONDS, target, tuple(retry_now))] if retry_now else []
+        delay = max(RETRY_UNAVAILABLE_SECONDS, done.retry_after)
+        retries = [Retry(delay, target, tuple(retry_now))] if retry_now else []
         retries.extend(Retry(delay, target, tuple(keys)) for delay, keys in retry_later.items())
         queued = self._queued.pop(target, None) or {}
         waiting = [k for k in queued if k in self._in_flight and target in self._in_flight[k].remaining]

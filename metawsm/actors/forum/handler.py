@@ -14,6 +14,14 @@ if something raised, rolled back and redone with each command in its own savepoi
 Refusals and no-ops are recorded as verdicts (``forum_command_results``) and told to the
 broker so a waiting caller hears about them; applied commands are announced later, by the
 ``thread_views`` projection, once their event is visible.
+
+The **decided floor** (every command at or below this outbox id has a verdict or is parked) is
+persisted in ``forum_marks`` by the same transaction that records the verdicts, so a start reads
+it and scans only the commands above it: start-up costs what is left to apply, not the history.
+
+A database that cannot be written (a full disk) is not a command's fault: the delivery is
+answered "retry" with a delay (:mod:`metawsm.actors.storage`), nothing is counted against the
+commands, and the handler keeps running until the relay's probe finds the disk writable again.
 """
 
 from __future__ import annotations
@@ -24,12 +32,15 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from metawsm.actors import storage
 from metawsm.actors.forum.messages import BROKER, RELAY, CommandsDecided, Deliver, DeliveryReport, WorkAvailable
 from metawsm.actors.managed import ManagedActor
 from metawsm.clock import now_text
+from metawsm.forum import marks
 from metawsm.forum.messages import CommandMessage, decode_bus_message
 from metawsm.forum.write_model import CommandOutcome, apply_command
-from metawsm.store import write_transaction
+from metawsm.store import read_transaction, write_transaction
+from metawsm.store.faults import StorageFault
 
 log = logging.getLogger("metawsm.forum")
 
@@ -38,6 +49,7 @@ HandlerMessage = Deliver
 
 # Commands whose verdict is missing, in intake order, between two outbox ids.  Parked rows
 # are skipped: they wait for an operator's replay.
+_Result = tuple[int | None, str | None, CommandMessage, CommandOutcome | None, Any, str]
 _UNDECIDED = (
     "SELECT o.id, o.message_id, o.payload_json FROM forum_outbox o"
     " WHERE o.id > ? AND o.id < ? AND o.topic >= ? AND o.topic < ? AND o.status != 'parked'"
@@ -53,12 +65,14 @@ class CommandHandler(ManagedActor):
     def setup(self) -> None:
         services = self.system.services
         self.topics = services.topics
+        self.storage = services.storage
         self.conn: sqlite3.Connection = services.db.connect()
         prefix = self.topics.command_prefix + "."
         self._topic_range = (prefix, prefix[:-1] + chr(ord(".") + 1))
         self.applied_total = 0
         self.rejected_total = 0
         self.applied_early = 0
+        self.postponed = 0  # deliveries answered "retry" because the database could not be written
         # Every command at or below this outbox id has a verdict (or is parked).
         self.floor = self._initial_floor()
 
@@ -71,6 +85,7 @@ class CommandHandler(ManagedActor):
             "rejected_total": self.rejected_total,
             "applied_ahead_of_delivery": self.applied_early,
             "decided_floor": self.floor,
+            "postponed_deliveries": self.postponed,
         }
 
     def handle(self, message: Any) -> Any:
@@ -83,15 +98,38 @@ class CommandHandler(ManagedActor):
     # -- ordering ---------------------------------------------------------------------------
 
     def _initial_floor(self) -> int:
-        first_open = self.conn.execute(
-            "SELECT MIN(o.id) FROM forum_outbox o WHERE o.topic >= ? AND o.topic < ? AND o.status != 'parked'"
-            " AND NOT EXISTS (SELECT 1 FROM forum_command_results r"
-            " WHERE r.event_id = json_extract(o.payload_json, '$.envelope.event_id'))",
-            self._topic_range,
-        ).fetchone()[0]
-        if first_open is not None:
-            return int(first_open) - 1
-        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM forum_outbox").fetchone()[0])
+        """The persisted floor, moved up past whatever was decided above it.
+
+        Only the rows above the persisted floor are scanned (the ones not applied yet, and the
+        events written since), whatever the history holds.  A database from before the mark
+        existed is scanned once, and the floor found is persisted at once.
+        """
+        # One snapshot: the intake keeps committing meanwhile, and a command committed between
+        # "nothing undecided" and "the newest id" must not end up at or below the floor.
+        with read_transaction(self.conn):
+            known = marks.read(self.conn, marks.DECIDED_FLOOR)
+            start = known or 0
+            first_open = self.conn.execute(
+                "SELECT MIN(o.id) FROM forum_outbox o WHERE o.id > ? AND o.topic >= ? AND o.topic < ?"
+                " AND o.status != 'parked' AND NOT EXISTS (SELECT 1 FROM forum_command_results r"
+                " WHERE r.event_id = json_extract(o.payload_json, '$.envelope.event_id'))",
+                (start, *self._topic_range),
+            ).fetchone()[0]
+            newest = int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM forum_outbox").fetchone()[0])
+        floor = newest if first_open is None else int(first_open) - 1
+        floor = max(floor, start)
+        if known is None:
+            self._persist_floor(floor)
+        return floor
+
+    def _persist_floor(self, floor: int) -> None:
+        """Write the floor found by the one-time scan (best effort: the next apply writes it too)."""
+        try:
+            with write_transaction(self.conn):
+                marks.write(self.conn, marks.DECIDED_FLOOR, floor, now_text())
+        except sqlite3.Error as error:
+            if self.storage.report(error) is None:
+                raise
 
     def _positions(self, message_ids: list[str]) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -140,6 +178,9 @@ class CommandHandler(ManagedActor):
     # -- applying ---------------------------------------------------------------------------
 
     def _apply(self, delivery: Deliver) -> DeliveryReport:
+        fault = self.storage.fault
+        if fault is not None:
+            return self._postpone(delivery, fault)  # the relay's probe says when to try again
         failed: dict[str, str] = {}
         decided: list[CommandOutcome] = []
         events = 0
@@ -149,21 +190,23 @@ class CommandHandler(ManagedActor):
         # written by this actor; a verdict recorded since is seen by apply_command anyway).
         plan = self._plan(delivery, failed)
         try:
-            results = self._run(plan, now, isolate=False)
-        except Exception:  # noqa: BLE001 - a command crashed: redo the batch command by command
-            results = self._run(plan, now, isolate=True)
-        newest = self.floor
-        stuck: int | None = None  # lowest outbox id that failed: the floor stays below it
-        for position, key, command, outcome, event, error in results:
+            try:
+                results, floor = self._run(plan, now, isolate=False)
+            except Exception as crash:  # a command crashed: redo the batch command by command
+                if self.storage.report(crash) is not None:
+                    raise  # a full disk is no command's fault: isolating would only fail again
+                results, floor = self._run(plan, now, isolate=True)
+        except sqlite3.Error as db_error:
+            fault = self.storage.report(db_error)
+            if fault is None:
+                raise
+            return self._postpone(delivery, fault)
+        for _, key, command, outcome, event, problem in results:
             if outcome is None:
-                log.warning("command %s failed: %s", command.envelope.event_id, error)
+                log.warning("command %s failed: %s", command.envelope.event_id, problem)
                 if key is not None:
-                    failed[key] = error
-                if position is not None and (stuck is None or position < stuck):
-                    stuck = position
+                    failed[key] = problem
                 continue
-            if position is not None:
-                newest = max(newest, position)
             if key is None:
                 self.applied_early += 1
             if event is not None:
@@ -176,23 +219,45 @@ class CommandHandler(ManagedActor):
                 decided.append(outcome)
                 if outcome.status == "rejected":
                     self.rejected_total += 1
-        self.floor = newest if stuck is None else min(newest, stuck - 1)
+        self.floor = floor
         if events:
             self.system.tell(RELAY, WorkAvailable())
         if decided:
             self.system.tell(BROKER, CommandsDecided(outcomes=decided))
         return DeliveryReport(failed=failed)
 
+    def _postpone(self, delivery: Deliver, fault: StorageFault) -> DeliveryReport:
+        """Nothing applied: the consumer delivers again later, without counting an attempt."""
+        self.postponed += 1
+        error = storage.retry_error(fault)
+        return DeliveryReport(failed={entry.key: error for entry in delivery.entries},
+                              retry_after=storage.RETRY_SECONDS)
+
+    def _next_floor(self, results: list[_Result]) -> int:
+        """The decided floor once ``results`` are committed: the newest outbox id decided, but
+        below the lowest one that failed (it still waits for its verdict)."""
+        newest = self.floor
+        stuck: int | None = None
+        for position, _, _, outcome, _, _ in results:
+            if position is None:
+                continue
+            if outcome is None:
+                stuck = position if stuck is None else min(stuck, position)
+            else:
+                newest = max(newest, position)
+        return newest if stuck is None else min(newest, stuck - 1)
+
     def _run(self, plan: list[tuple[int | None, str | None, CommandMessage]], now: str, *, isolate: bool
-             ) -> list[tuple[int | None, str | None, CommandMessage, CommandOutcome | None, Any, str]]:
-        """Apply the plan in one transaction.
+             ) -> tuple[list[_Result], int]:
+        """Apply the plan in one transaction; return the results and the new decided floor.
 
         ``isolate=False`` (the usual case) applies the commands straight; any exception rolls
         the whole batch back and the caller redoes it with ``isolate=True``: each command in a
         savepoint, so a command that crashes (a bug, not a refusal) is rolled back alone and
-        reported failed.  Two SQLite calls less per command when nothing crashes.
+        reported failed.  Two SQLite calls less per command when nothing crashes.  The floor
+        is persisted in the same transaction, so it is never ahead of the verdicts it stands for.
         """
-        results: list[tuple[int | None, str | None, CommandMessage, CommandOutcome | None, Any, str]] = []
+        results: list[_Result] = []
         with write_transaction(self.conn):
             for position, key, command in plan:
                 if isolate:
@@ -200,8 +265,8 @@ class CommandHandler(ManagedActor):
                 try:
                     outcome, event = apply_command(self.conn, command, self.topics, now)
                 except Exception as error:
-                    if not isolate:
-                        raise
+                    if not isolate or self.storage.report(error) is not None:
+                        raise  # a full disk fails the whole batch, never one command
                     self.conn.execute("ROLLBACK TO command")
                     self.conn.execute("RELEASE command")
                     results.append((position, key, command, None, None, f"{type(error).__name__}: {error}"))
@@ -209,4 +274,7 @@ class CommandHandler(ManagedActor):
                 if isolate:
                     self.conn.execute("RELEASE command")
                 results.append((position, key, command, outcome, event, ""))
-        return results
+            floor = self._next_floor(results)
+            if floor != self.floor:
+                marks.write(self.conn, marks.DECIDED_FLOOR, floor, now)
+        return results, floor

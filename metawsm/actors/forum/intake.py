@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from metawsm import idempotency_keys
+from metawsm.actors import storage
 from metawsm.actors.errors import ActorCrashed, ActorUnavailable, IdempotencyKeyReused, Refusal
 from metawsm.actors.forum.messages import RELAY, Accepted, Submit, WorkAvailable
 from metawsm.actors.managed import DEFERRED, ManagedActor
@@ -76,6 +77,9 @@ class CommandIntake(ManagedActor):
     def handle(self, message: Any) -> Any:
         match message:
             case Submit():
+                fault = self.system.services.storage.fault
+                if fault is not None:
+                    raise storage.unavailable(fault)  # at once: nothing can be written until the probe clears it
                 reply = self.defer_reply()
                 if reply is None:
                     raise Refusal("Submit must be sent as a request")
@@ -107,6 +111,15 @@ class CommandIntake(ManagedActor):
                     except (ForumError, IdempotencyKeyReused) as refusal:
                         answers.append((reply, refusal))
         except BaseException as exc:
+            fault = self.system.services.storage.report(exc)
+            if fault is not None:
+                # A full or failing disk, not a bug: refuse (503 with the reason) and keep running.
+                # A crash would meet the same error after every restart until the supervisor gave up.
+                # The Submits still queued behind this batch are refused too, without another try.
+                for _, reply in [*batch, *self._batch]:
+                    reply.fail(storage.unavailable(fault))
+                self._batch.clear()
+                return
             # Nothing was committed: tell every waiting caller before crashing.
             for _, reply in batch:
                 reply.fail(ActorCrashed(self.path, f"{type(exc).__name__}: {exc}"))
@@ -176,8 +189,15 @@ class CommandIntake(ManagedActor):
         Submits that arrived meanwhile, so a large backlog never holds writes up."""
         hours = self.system.services.policy.api.idempotency_ttl_hours
         cutoff = format_time(utc_now() - timedelta(hours=hours))
-        with write_transaction(self.conn):
-            deleted = idempotency_keys.prune(self.conn, cutoff)
+        if self.system.services.storage.fault is not None:
+            return  # a delete needs room in the WAL too: the next sweep prunes
+        try:
+            with write_transaction(self.conn):
+                deleted = idempotency_keys.prune(self.conn, cutoff)
+        except sqlite3.Error as error:
+            if self.system.services.storage.report(error) is None:
+                raise
+            return
         self.keys_pruned += deleted
         if deleted >= idempotency_keys.PRUNE_BATCH:
             self.tell_self(_PruneKeys())

@@ -86,9 +86,14 @@ class Deliver(msgspec.Struct, frozen=True):
 
 
 class DeliveryReport(msgspec.Struct, frozen=True):
-    """Per-entry result of a Deliver: keys that failed with their error text."""
+    """Per-entry result of a Deliver: keys that failed with their error text.
+
+    ``retry_after`` > 0: the worker could not try (the database cannot be written); the failed
+    keys are delivered again after that many seconds, without counting an attempt.
+    """
 
     failed: dict[str, str] = msgspec.field(default_factory=dict)
+    retry_after: float = 0.0
 
 
 class DeliveryDone(msgspec.Struct, frozen=True):
@@ -98,6 +103,7 @@ class DeliveryDone(msgspec.Struct, frozen=True):
     keys: tuple[str, ...]
     failed: dict[str, str]
     retry_only: bool = False  # the worker was unavailable: retry without counting an attempt
+    retry_after: float = 0.0  # the worker asked to wait this long first (DeliveryReport.retry_after)
 
 
 class ReplayParked(msgspec.Struct, frozen=True):

@@ -8,10 +8,15 @@ not hold (a forged or foreign entry) is refused and ends up parked; it never mov
 checkpoint.  Every applied event gets its ``forum_projection_events`` row in the same
 transaction as the read-model change, and the actor catches up from SQLite on start, so a
 restart or an emptied Redis never loses or repeats an event.
+
+A database that cannot be written (a full disk) is no event's fault: nothing is counted against
+the event (it is never skipped for it), the delivery is answered "retry" with a delay, and the
+catch-up tries again later (:mod:`metawsm.actors.storage`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import time
@@ -19,6 +24,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from metawsm.actors import storage
 from metawsm.actors.forum.messages import BROKER, Applied, Deliver, DeliveryReport, Rebuild, RebuildResult
 from metawsm.actors.managed import ActorContext, ManagedActor
 from metawsm.clock import now_text
@@ -26,6 +32,7 @@ from metawsm.forum.messages import EventMessage
 from metawsm.forum.projections.registry import create_projection
 from metawsm.forum.write_model import EVENT_COLUMNS, event_from_row
 from metawsm.store import write_transaction
+from metawsm.store.faults import StorageFault
 
 log = logging.getLogger("metawsm.forum")
 
@@ -41,6 +48,14 @@ class _CatchUp(msgspec.Struct, frozen=True):
 # Requests: Deliver (from the consumer) -> DeliveryReport; Rebuild (from the API) ->
 # RebuildResult.  Tell: _CatchUp, the projection's own.
 ProjectionMessage = Deliver | Rebuild | _CatchUp
+
+
+class _Stalled(Exception):
+    """The database could not be written while applying: nothing of the batch is committed."""
+
+    def __init__(self, fault: StorageFault) -> None:
+        super().__init__(fault.reason)
+        self.fault = fault
 
 
 class _EventFailed(Exception):
@@ -60,6 +75,7 @@ class ProjectionActor(ManagedActor):
     def setup(self) -> None:
         services = self.system.services
         self.max_attempts = services.policy.forum.max_attempts
+        self.storage = services.storage
         self.conn: sqlite3.Connection = services.db.connect()
         # Derived state, so no fsync per commit: a commit lost to a power cut rolls the checkpoint
         # back together with the tables, and the catch-up re-applies from the log.  WAL keeps
@@ -99,6 +115,9 @@ class ProjectionActor(ManagedActor):
         the log does not hold (a foreign or forged entry: unknown sequence, or another event id
         at that sequence) is refused, so the consumer parks it; it never moves the checkpoint.
         """
+        fault = self.storage.fault
+        if fault is not None:
+            return self._postpone(delivery, fault)  # the relay's probe says when to try again
         failed: dict[str, str] = {}
         delivered: list[tuple[str, EventMessage]] = []
         for entry in delivery.entries:
@@ -116,7 +135,10 @@ class ProjectionActor(ManagedActor):
                     f"event {event.envelope.event_id} (sequence {event.sequence}) is not in forum_events"
                 )
         target = max((event.sequence for _, event in valid), default=0)
-        applied, failure = self._apply_up_to(target)
+        applied, failure, fault = self._apply_up_to(target)
+        if fault is not None:
+            self._announce(applied)  # the batches committed before the disk filled
+            return self._postpone(delivery, fault)
         if failure is not None:
             bad = failure.event.sequence
             self._count_failure(failure.event, str(failure))
@@ -127,6 +149,13 @@ class ProjectionActor(ManagedActor):
                     failed[key] = f"retry: waiting for event {bad}"
         self._announce(applied)
         return DeliveryReport(failed=failed)
+
+    def _postpone(self, delivery: Deliver, fault: StorageFault) -> DeliveryReport:
+        """Delivered again later without counting an attempt (the events are already in the log;
+        only this projection's commit has to wait for the disk)."""
+        error = storage.retry_error(fault)
+        return DeliveryReport(failed={entry.key: error for entry in delivery.entries},
+                              retry_after=storage.RETRY_SECONDS)
 
     def _logged_ids(self, sequences: list[int]) -> dict[int, str]:
         unique = sorted(set(sequences))
@@ -141,13 +170,14 @@ class ProjectionActor(ManagedActor):
                 found[int(sequence)] = event_id
         return found
 
-    def _apply_up_to(self, target: int) -> tuple[list[EventMessage], _EventFailed | None]:
-        """Apply ``forum_events`` (checkpoint, target], stopping at a failure.
+    def _apply_up_to(self, target: int) -> tuple[list[EventMessage], _EventFailed | None, StorageFault | None]:
+        """Apply ``forum_events`` (checkpoint, target], stopping at a failure or a full disk.
 
         Events are read and decoded *before* ``BEGIN IMMEDIATE`` (the log is append-only and
         only this actor moves its checkpoint, so nothing read can change), so the write lock
         is held only for the writes.  What was applied before a failing event is committed
-        with the checkpoint; the failing event and those after it wait for a retry.
+        with the checkpoint; the failing event and those after it wait for a retry.  When the
+        database cannot be written, the batches committed before are kept and the rest waits.
         """
         applied: list[EventMessage] = []
         failure: _EventFailed | None = None
@@ -158,11 +188,14 @@ class ProjectionActor(ManagedActor):
             start = self.checkpoint
             try:
                 batch, failure = self._apply_batch(events)
+            except _Stalled as stalled:
+                self.checkpoint = start  # rolled back
+                return applied, None, stalled.fault
             except BaseException:
                 self.checkpoint = start  # rolled back: the actor crashes and reloads it anyway
                 raise
             applied.extend(batch)
-        return applied, failure
+        return applied, failure, None
 
     def _read_events(self, after: int, upto: int) -> list[EventMessage]:
         cached = self.events.range(after, upto)
@@ -185,6 +218,15 @@ class ProjectionActor(ManagedActor):
         the failing event exactly as before; so is a batch holding an event that already
         failed.
         """
+        try:
+            return self._apply_batch_once(events)
+        except sqlite3.Error as error:
+            fault = self.storage.report(error)
+            if fault is None:
+                raise
+            raise _Stalled(fault) from error
+
+    def _apply_batch_once(self, events: list[EventMessage]) -> tuple[list[EventMessage], _EventFailed | None]:
         start = self.checkpoint
         now = now_text()
         if not any(event.sequence in self.failures for event in events):
@@ -196,8 +238,10 @@ class ProjectionActor(ManagedActor):
                     self.checkpoint = events[-1].sequence
                     self._save_checkpoint()
                 return events, None
-            except Exception:  # noqa: BLE001 - redone below, event by event
+            except Exception as error:  # redone below, event by event (unless the disk is full)
                 self.checkpoint = start
+                if self.storage.report(error) is not None:
+                    raise  # a full disk is no event's fault: event by event would only fail again
         batch: list[EventMessage] = []
         failure: _EventFailed | None = None
         with write_transaction(self.conn):
@@ -222,6 +266,8 @@ class ProjectionActor(ManagedActor):
         try:
             self.projection.apply(self.conn, event)
         except Exception as error:
+            if self.storage.report(error) is not None:
+                raise  # never counted against the event, let alone skipped for it
             self.conn.execute("ROLLBACK TO event")
             self.conn.execute("RELEASE event")
             if self.failures.get(event.sequence, 0) + 1 < self.max_attempts:
@@ -242,11 +288,21 @@ class ProjectionActor(ManagedActor):
 
     def _catch_up(self) -> None:
         """Apply everything in ``forum_events`` past the checkpoint (after a start or a gap)."""
+        if self.storage.fault is not None:
+            self._catch_up_later()
+            return
         latest = self.conn.execute("SELECT COALESCE(MAX(sequence), 0) FROM forum_events").fetchone()[0]
-        applied, failure = self._apply_up_to(int(latest))
+        applied, failure, fault = self._apply_up_to(int(latest))
         if failure is not None:  # the consumer's redelivery will retry it
             self._count_failure(failure.event, str(failure))
+        if fault is not None:
+            self._catch_up_later()
         self._announce(applied)
+
+    def _catch_up_later(self) -> None:
+        """Try the catch-up again once the disk may be writable again."""
+        self.system.scheduler.call_later(storage.RETRY_SECONDS, functools.partial(_safe_tell, self.actor_ref,
+                                                                                  _CatchUp()))
 
     def _rebuild(self) -> RebuildResult:
         """Clear the projection, then replay the log into it batch by batch.
@@ -260,14 +316,29 @@ class ProjectionActor(ManagedActor):
         """
         started = time.perf_counter()
         before = self.checkpoint
-        with write_transaction(self.conn):
-            self.projection.clear(self.conn)
-            self.conn.execute("DELETE FROM forum_projection_events WHERE projection_name = ?", (self.name,))
-            self.checkpoint = 0
-            self._save_checkpoint()
+        fault = self.storage.fault
+        if fault is not None:
+            raise storage.unavailable(fault)
+        try:
+            with write_transaction(self.conn):
+                self.projection.clear(self.conn)
+                self.conn.execute("DELETE FROM forum_projection_events WHERE projection_name = ?", (self.name,))
+                self.checkpoint = 0
+                self._save_checkpoint()
+        except sqlite3.Error as error:
+            self.checkpoint = before  # rolled back
+            fault = self.storage.report(error)
+            if fault is None:
+                raise
+            raise storage.unavailable(fault) from None
         self.failures.clear()
         target = self.conn.execute("SELECT COALESCE(MAX(sequence), 0) FROM forum_events").fetchone()[0]
-        applied, failure = self._apply_up_to(int(target))  # batch by batch, like any catch-up
+        applied, failure, fault = self._apply_up_to(int(target))  # batch by batch, like any catch-up
+        if fault is not None:
+            # Part-way: the batches committed stay, the catch-up finishes the replay later.
+            self._announce([event for event in applied if event.sequence > before])
+            self._catch_up_later()
+            raise storage.unavailable(fault)
         if failure is not None:
             raise failure  # crash: the restarted actor resumes from the last committed batch
         fresh = [event for event in applied if event.sequence > before]  # not applied before the rebuild
@@ -300,3 +371,9 @@ class ProjectionActor(ManagedActor):
             (self.name, self.checkpoint, now_text()),
         )
 
+
+def _safe_tell(ref: Any, message: Any) -> None:
+    try:
+        ref.tell(message)
+    except Exception:  # noqa: BLE001 - the projection restarted; its own start catches up
+        pass

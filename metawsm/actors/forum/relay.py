@@ -2,15 +2,28 @@
 
 Woken by ``WorkAvailable`` (push); a one-second sweep catches rows written while it was
 down.  Publishing does not wait for the "sent" marks: the relay remembers the highest
-outbox id it published (outbox ids grow in commit order: writers are serialised and rows
-are never deleted) and reads on from there, while the marks of everything published so far
-are written by one ``_MarkSent`` a moment later (``MARK_DELAY_SECONDS``).  So a publish never
-queues for the database write lock, the mark stays out of the way of the write just
-published, and one mark transaction covers everything published in the meantime.  A
-crash between publish and mark only means a republish, which every consumer dedupes.  On
-Redis errors the rows stay pending and the relay retries with exponential backoff (100 ms →
-10 s), reporting the bus unhealthy meanwhile.  It also runs the reconcile pass, which
-republishes what an emptied Redis may have lost.
+outbox id it published (outbox ids grow in commit order: writers are serialised, and
+retention never deletes the newest row, so no id is handed out twice) and reads on from
+there, while the marks of everything published so far are written by one ``_MarkSent`` a
+moment later (``MARK_DELAY_SECONDS``).  So a publish never queues for the database write
+lock, the mark stays out of the way of the write just published, and one mark transaction
+covers everything published in the meantime.  A crash between publish and mark only means a
+republish, which every consumer dedupes.  On Redis errors the rows stay pending and the relay
+retries with exponential backoff (100 ms → 10 s), reporting the bus unhealthy meanwhile.  It
+also runs the reconcile pass, which republishes what an emptied Redis may have lost.
+
+**A database that cannot be written** (a full disk; :mod:`metawsm.store.faults`): the ids
+published but not marked sent stay in ``_unmarked`` and are skipped by every later read of the
+pending rows, so nothing is published twice while this incarnation lives, and the relay does
+not crash (a restart would republish them all, again and again).  Its sweep probes the
+database once a second (a small write in ``forum_marks``); the first probe that succeeds clears
+the fault, writes the missing marks, runs a reconcile it owes, and the whole pipeline resumes.
+
+**Retention** (``forum.retention``): every ``sweep_seconds`` the relay deletes outbox rows that
+are done (:mod:`metawsm.forum.retention`), a window at a time, each window a message of its own
+so publishing goes on between them.  The stream trim (every 30 s, or ``sweep_seconds`` if
+shorter) cuts what every group acknowledged, and the streams nobody here consumes at
+``stream_days``.
 """
 
 from __future__ import annotations
@@ -19,16 +32,18 @@ import functools
 import logging
 import sqlite3
 import time
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import msgspec
 
+from metawsm.actors import storage
 from metawsm.actors.forum.bus import consumed_topics, open_bus
 from metawsm.actors.forum.messages import Flush, Reconcile, ReplayParked, WorkAvailable
 from metawsm.actors.managed import ManagedActor
 from metawsm.actors.messages import FailureInfo
-from metawsm.clock import now_text
-from metawsm.forum import outbox
+from metawsm.clock import format_time, now_text, utc_now
+from metawsm.forum import marks, outbox, retention
 from metawsm.forum.errors import ForumError
 from metawsm.forum.messages import encode
 from metawsm.forum.write_model import EVENT_COLUMNS, event_from_row
@@ -46,6 +61,8 @@ BACKOFF_MAX = 10.0
 # The "sent" marks wait this long, so they are written once for everything published
 # meanwhile, and never while the pipeline is busy with the write just published.
 MARK_DELAY_SECONDS = 0.05
+# The least pause between two windows of a retention sweep (see _prune).
+PRUNE_PAUSE_SECONDS = 0.02
 
 
 class _Sweep(msgspec.Struct, frozen=True):
@@ -56,12 +73,18 @@ class _MarkSent(msgspec.Struct, frozen=True):
     """Write the "sent" marks of the rows published since the last mark."""
 
 
+class _Prune(msgspec.Struct, frozen=True):
+    """Retention: delete the next window of done outbox rows (``resume``: go on from the last one)."""
+
+    resume: bool = False
+
+
 # Tells: WorkAvailable (from the intake and the handler), Flush (its own; force=True from the
 # consumer when Redis answers again), Reconcile (from the consumer; as a request it answers
-# the counts {commands_requeued, events_republished}), _MarkSent and _Sweep (its own).
+# the counts {commands_requeued, events_republished}), _MarkSent, _Sweep and _Prune (its own).
 # Request: ReplayParked (from the API) -> {message_id, topic, status} (ForumError not_found
 # or unavailable).
-RelayMessage = WorkAvailable | Flush | Reconcile | ReplayParked | _MarkSent | _Sweep
+RelayMessage = WorkAvailable | Flush | Reconcile | ReplayParked | _MarkSent | _Sweep | _Prune
 
 
 class OutboxRelay(ManagedActor):
@@ -70,6 +93,8 @@ class OutboxRelay(ManagedActor):
     def setup(self) -> None:
         services = self.system.services
         self.services = services
+        self.storage = services.storage
+        self.retention = services.policy.forum.retention
         self.conn: sqlite3.Connection = services.db.connect()
         # Derived bookkeeping, so no fsync per commit: a 'sent' mark lost to a power cut only means
         # a republish, which every consumer dedupes.  WAL keeps commits in order, so the next FULL
@@ -79,15 +104,23 @@ class OutboxRelay(ManagedActor):
         self.topics = consumed_topics(services)
         self._flush_queued = False
         self._cursor = 0  # highest outbox id published by this incarnation (rows above it are new)
-        self._unmarked: list[int] = []  # published, "sent" mark not written yet
+        # Published, "sent" mark not written yet: never published again while this incarnation
+        # lives, even when the mark cannot be written (a full disk) and the rows stay pending.
+        self._unmarked: set[int] = set()
         self._mark_queued = False
+        self._owed_reconcile = ""  # a reconcile the database could not take: run when it can
+        self._prune_after = 0  # the retention sweep's position (outbox id) within a sweep
         self._backoff = 0.0
         self._retry_at = 0.0
         self._last_trim = time.monotonic()
         self._last_claim = time.monotonic()
         self.published_total = 0
         self.last_published_at: str | None = None
+        self.pruned_total = 0
+        self.retention_sweeps = 0  # sweeps completed (every done row of the outbox looked at)
+        self.stream_entries_trimmed = 0
         self.tell_self_every(SWEEP_SECONDS, _Sweep())
+        self.tell_self_every(float(self.retention.sweep_seconds), _Prune())
         self.tell_self(Flush())
 
     def teardown(self) -> None:
@@ -99,10 +132,16 @@ class OutboxRelay(ManagedActor):
         self.conn.close()
 
     def describe(self) -> dict[str, Any]:
+        fault = self.storage.fault
         return {
             "published_total": self.published_total,
             "last_published_at": self.last_published_at,
             "backoff_ms": round(self._backoff * 1000),
+            "unmarked": len(self._unmarked),
+            "pruned_total": self.pruned_total,
+            "retention_sweeps": self.retention_sweeps,
+            "stream_entries_trimmed": self.stream_entries_trimmed,
+            "storage_fault": fault.reason if fault is not None else None,
         }
 
     def handle(self, message: Any) -> Any:
@@ -119,10 +158,13 @@ class OutboxRelay(ManagedActor):
                 self._mark_queued = False
                 self._mark_sent()
             case _Sweep():
+                self._probe_storage()
                 self._rescan()
                 self._flush()
                 self._maybe_trim()
                 self._refresh_claim()
+            case _Prune(resume=resume):
+                self._prune(resume)
             case Reconcile(reason=reason):
                 return self._reconcile(reason)
             case ReplayParked(message_id=message_id):
@@ -145,27 +187,41 @@ class OutboxRelay(ManagedActor):
             rows = outbox.pending(self.conn, BATCH, self._cursor)
             if not rows:
                 return
-            entries = [OutboundEntry(r.message_id, r.topic, r.message_key, r.payload) for r in rows]
-            try:
-                self.bus.publish(entries)
-            except TransportError as error:
-                self._publish_failed(error, [r.id for r in rows])
-                return
-            self._unmarked.extend(r.id for r in rows)
+            fresh = [r for r in rows if r.id not in self._unmarked] if self._unmarked else rows
+            if fresh:
+                entries = [OutboundEntry(r.message_id, r.topic, r.message_key, r.payload) for r in fresh]
+                try:
+                    self.bus.publish(entries)
+                except TransportError as error:
+                    self._publish_failed(error, [r.id for r in fresh])
+                    return
+                self._unmarked.update(r.id for r in fresh)
+                if not self._mark_queued:
+                    self._mark_queued = True
+                    me = self.actor_ref
+                    self.system.scheduler.call_later(MARK_DELAY_SECONDS,
+                                                     functools.partial(_safe_tell, me, _MarkSent()))
+                self._published(len(fresh))
             self._cursor = rows[-1].id
-            if not self._mark_queued:
-                self._mark_queued = True
-                me = self.actor_ref
-                self.system.scheduler.call_later(MARK_DELAY_SECONDS, functools.partial(_safe_tell, me, _MarkSent()))
-            self._published(len(rows))
             if len(rows) < BATCH:
                 return
 
-    def _mark_sent(self) -> None:
-        if self._unmarked:
-            ids, self._unmarked = self._unmarked, []
+    def _mark_sent(self) -> bool:
+        """Write the pending "sent" marks; False when the database cannot be written (they wait)."""
+        if not self._unmarked:
+            return True
+        if self.storage.fault is not None:
+            return False  # the probe writes them once the disk is back
+        ids = sorted(self._unmarked)
+        try:
             with write_transaction(self.conn):
                 outbox.mark_sent(self.conn, ids, now_text())
+        except sqlite3.Error as error:
+            if self.storage.report(error) is None:
+                raise
+            return False
+        self._unmarked.difference_update(ids)
+        return True
 
     def _rescan(self) -> None:
         """Write pending marks, then read the outbox from the start again (rows that went back
@@ -189,19 +245,86 @@ class OutboxRelay(ManagedActor):
         self.services.bus.mark_unhealthy(str(error))
         if first:
             log.warning("redis unavailable, outbox rows stay pending: %s", error)
-        with write_transaction(self.conn):
-            outbox.record_failure(self.conn, row_ids[:1], str(error), now_text())
+        if self.storage.fault is None:
+            try:
+                with write_transaction(self.conn):
+                    outbox.record_failure(self.conn, row_ids[:1], str(error), now_text())
+            except sqlite3.Error as db_error:
+                if self.storage.report(db_error) is None:
+                    raise
         me = self.actor_ref
         self.system.scheduler.call_later(self._backoff, lambda: _safe_tell(me, Flush()))
 
     def _maybe_trim(self) -> None:
-        if time.monotonic() - self._last_trim < TRIM_EVERY_SECONDS or not self.services.bus.healthy:
+        """Drop stream entries nobody needs: those every group acknowledged (SQLite keeps the
+        history), and entries of the streams nobody here consumes once older than ``stream_days``."""
+        every = min(TRIM_EVERY_SECONDS, float(self.retention.sweep_seconds))
+        if time.monotonic() - self._last_trim < every or not self.services.bus.healthy:
             return
         self._last_trim = time.monotonic()
+        cut_ms = int((time.time() - float(self.retention.stream_days) * 86_400) * 1000)
         try:
-            self.bus.trim_acknowledged(self.topics)
+            self.stream_entries_trimmed += self.bus.trim_acknowledged(self.topics)
+            self.stream_entries_trimmed += self.bus.trim_older_than(self.services.topics.all_integrations(), cut_ms)
         except TransportError as error:
             log.debug("stream trim skipped: %s", error)
+
+    # -- a database that cannot be written ------------------------------------------------
+
+    def _probe_storage(self) -> None:
+        """While the database cannot be written, try a small write; resume when it succeeds."""
+        if self.storage.fault is None or not self.storage.ready_to_probe():
+            return
+        try:
+            with write_transaction(self.conn):
+                marks.probe(self.conn, now_text())
+        except sqlite3.Error as error:
+            if self.storage.report(error) is None:
+                log.debug("storage probe failed: %s", error)  # locked, say: the next sweep tries again
+            return
+        self.storage.clear()
+        self._mark_sent()
+        if self._owed_reconcile:
+            self._reconcile(self._owed_reconcile)
+        self._queue_flush()
+
+    # -- retention ------------------------------------------------------------------------
+
+    def _prune(self, resume: bool) -> None:
+        """One window of the retention sweep; the next one follows after a pause.
+
+        The pause is twice what the window took (at least ``PRUNE_PAUSE_SECONDS``): the sweep
+        holds the write lock and this mailbox a third of the time at most, so a large backlog
+        (the first sweep over a long history) slows writes down a little instead of queueing
+        them behind a million deletes.
+        """
+        if not resume:
+            if self._prune_after:
+                return  # a sweep is still under way: this tick is not needed
+            self._prune_after = 0
+        if self.storage.fault is not None:
+            self._prune_after = 0
+            return  # a delete needs room in the WAL too: the next sweep prunes
+        started = time.monotonic()
+        cutoff = format_time(utc_now() - timedelta(days=float(self.retention.outbox_days)))
+        window = retention.window(self.conn, self.services.topics, cutoff=cutoff, after_id=self._prune_after)
+        if window.ids:
+            try:
+                with write_transaction(self.conn):
+                    deleted = retention.delete(self.conn, window.ids)
+            except sqlite3.Error as error:
+                if self.storage.report(error) is None:
+                    raise
+                self._prune_after = 0  # the next sweep starts over, once the disk is back
+                return
+            self.pruned_total += deleted
+        if window.done:
+            self._prune_after = 0
+            self.retention_sweeps += 1
+            return
+        self._prune_after = window.last_id
+        pause = max(PRUNE_PAUSE_SECONDS, 2 * (time.monotonic() - started))
+        self.system.scheduler.call_later(pause, functools.partial(_safe_tell, self.actor_ref, _Prune(resume=True)))
 
     def _refresh_claim(self) -> None:
         claim = self.services.namespace_claim
@@ -226,12 +349,27 @@ class OutboxRelay(ManagedActor):
     # -- reconcile and replay -------------------------------------------------------------
 
     def _reconcile(self, reason: str) -> dict[str, int]:
-        """Republish commands without a verdict and events some projection has not applied."""
+        """Republish commands without a verdict and events some projection has not applied.
+
+        Bounded by the unapplied work: commands above the handler's persisted decided floor,
+        events above the lowest projection checkpoint.  Owed until the database can be written.
+        """
         self._rescan()  # marks first, so none lands on a row this pass sends back to pending
+        if self.storage.fault is not None or self._unmarked:
+            self._owe_reconcile(reason)
+            return {"commands_requeued": 0, "events_republished": 0}
         now = now_text()
         topics = self.services.topics
-        with write_transaction(self.conn):
-            commands = outbox.requeue_unfinished_commands(self.conn, topics.command_prefix, now)
+        decided = marks.read(self.conn, marks.DECIDED_FLOOR) or 0
+        try:
+            with write_transaction(self.conn):
+                commands = outbox.requeue_unfinished_commands(self.conn, topics.command_prefix, now, decided)
+        except sqlite3.Error as error:
+            if self.storage.report(error) is None:
+                raise
+            self._owe_reconcile(reason)
+            return {"commands_requeued": 0, "events_republished": 0}
+        self._owed_reconcile = ""
         floor = self.conn.execute(
             "SELECT COALESCE(MIN(last_sequence), 0) FROM forum_projection_checkpoints"
         ).fetchone()[0]
@@ -265,23 +403,38 @@ class OutboxRelay(ManagedActor):
         self._queue_flush()
         return {"commands_requeued": commands, "events_republished": events}
 
+    def _owe_reconcile(self, reason: str) -> None:
+        if not self._owed_reconcile:
+            log.warning("reconcile (%s) waits until the database can be written", reason)
+        self._owed_reconcile = reason
+
     def _replay(self, message_id: str) -> dict[str, str]:
         # Publish inside the transaction that marks it replayed: a refused publish rolls the
         # mark back (the message stays parked, nothing is lost), and the consumer cannot
         # park the replayed entry again before the mark is committed.
-        with write_transaction(self.conn):
-            found = outbox.unpark(self.conn, message_id, now_text())
-            if found is None:
-                raise ForumError(f"parked message {message_id} not found", code="not_found", status=404)
-            topic, payload = found
-            try:
-                self.bus.publish([OutboundEntry(message_id, topic, message_id, payload)])
-            except TransportError as error:
-                raise ForumError(
-                    f"parked message {message_id} was not replayed: {error}", code="unavailable", status=503
-                ) from None
+        fault = self.storage.fault
+        if fault is not None:
+            raise storage.unavailable(fault)
+        try:
+            with write_transaction(self.conn):
+                found = outbox.unpark(self.conn, message_id, now_text())
+                if found is None:
+                    raise ForumError(f"parked message {message_id} not found", code="not_found", status=404)
+                topic, payload = found
+                try:
+                    self.bus.publish([OutboundEntry(message_id, topic, message_id, payload)])
+                except TransportError as error:
+                    raise ForumError(
+                        f"parked message {message_id} was not replayed: {error}", code="unavailable", status=503
+                    ) from None
+        except sqlite3.Error as error:
+            fault = self.storage.report(error)
+            if fault is None:
+                raise
+            raise storage.unavailable(fault) from None
         log.info("replayed parked message %s on %s", message_id, topic)
         return {"message_id": message_id, "topic": topic, "status": "replayed"}
+
 
 def _safe_tell(ref: Any, message: Any) -> None:
     try:

@@ -60,6 +60,60 @@ class CloseRun(msgspec.Struct, frozen=True):
 
     run_id: str
     merge: bool = False  # merge each workspace's branches into the base branch first
+    dry_run: bool = False  # check the gates (and the merge) only; change nothing
+    changelog_entry: str = ""  # appended to the ticket's changelog in the doc-home repo, committed first
+
+
+class CommitRun(msgspec.Struct, frozen=True):
+    """Run the commit checks on every repository of the run with changes, then commit them on
+    the run's branch (on top of the agent's own commits).  Answers the CommitReport; a failed
+    check refuses (``commit_checks_failed``) and commits nothing."""
+
+    run_id: str
+    message: str = ""  # default: "<ticket>: <first line of the brief's goal>"
+    dry_run: bool = False  # check what can be checked without running anything; commit nothing
+
+
+class MergeRun(msgspec.Struct, frozen=True):
+    """Merge each workspace branch into its base branch (fast-forward, else a merge commit),
+    refused as a whole, one line per problem, when one cannot be made; with ``push``, push the
+    base branches to ``origin``.  Answers the MergeReport."""
+
+    run_id: str
+    push: bool = False
+    dry_run: bool = False  # plan only: what each merge would be, and what refuses it
+
+
+class OpenPullRequests(msgspec.Struct, frozen=True):
+    """Push the run's branches to ``origin`` and, with the ``github`` forge provider, open a pull
+    request per repository (``git_pr.provider``: auto, github, push).  Answers the PrReport."""
+
+    run_id: str
+    title: str = ""  # default: "[<ticket>] <first line of the goal>"
+    body: str = ""  # default: the brief, Q/A, validation and diff stat
+    draft: bool = False
+    dry_run: bool = False
+
+
+class SyncReviews(msgspec.Struct, frozen=True):
+    """Fetch the reviews and review comments of the run's pull requests (github provider), store
+    the new ones once each, post them in the run's forum (a thread per pull request); with
+    ``dispatch``, send the queued ones to the agents as an iteration.  Answers the ReviewSyncReport."""
+
+    run_id: str
+    dispatch: bool = False
+
+
+class IterateRun(msgspec.Struct, frozen=True):
+    """Give the run's agents (or ``agent`` alone) more work: the feedback is recorded, written to
+    ``<workspace>/.metawsm/feedback.md``, posted in the run's forum and announced in each agent's
+    pane; the run goes back to ``running`` (a stopped run gets its sessions again).  Completion
+    and validation signals from before it no longer count.  Answers the IterateReport."""
+
+    run_id: str
+    feedback: str
+    agent: str = ""
+    dry_run: bool = False
 
 
 class CleanupRun(msgspec.Struct, frozen=True):
@@ -72,7 +126,10 @@ class CleanupRun(msgspec.Struct, frozen=True):
 
 
 # The commands one can give a run (POST /api/v1/runs/{run_id}/{action}); all are requests.
-RunCommand = StopRun | ResumeRun | RestartAgent | CloseRun | CleanupRun
+RunCommand = (
+    StopRun | ResumeRun | RestartAgent | CloseRun | CommitRun | MergeRun | IterateRun | OpenPullRequests
+    | SyncReviews | CleanupRun
+)
 
 
 class ControlChanged(msgspec.Struct, frozen=True):

@@ -21,11 +21,16 @@ from metawsm.actors.messages import Request
 from metawsm.actors.runs.messages import (
     CleanupRun,
     CloseRun,
+    CommitRun,
     ControlChanged,
     CreateRun,
+    IterateRun,
+    MergeRun,
+    OpenPullRequests,
     RestartAgent,
     ResumeRun,
     StopRun,
+    SyncReviews,
     run_path,
 )
 from metawsm.actors.runs.refusals import provider_errors_refused
@@ -47,8 +52,13 @@ log = logging.getLogger("metawsm.runs")
 # The RunSupervisor's mailbox, besides the SupervisorMessage it inherits.  Requests: CreateRun
 # -> the run id once its agents started (or it failed), or the plan snapshot for a dry run;
 # StopRun, ResumeRun, RestartAgent, CloseRun -> forwarded to the run's actor, which answers the
-# run id; CleanupRun -> the cleanup summary (a dict).  Tell: ControlChanged, forwarded to the run.
-RunSupervisorMessage = CreateRun | StopRun | ResumeRun | RestartAgent | CloseRun | CleanupRun | ControlChanged
+# run id; CommitRun, MergeRun, IterateRun, OpenPullRequests and SyncReviews -> forwarded, answered
+# with the CommitReport, MergeReport, IterateReport, PrReport or ReviewSyncReport; CleanupRun ->
+# the cleanup summary (a dict).  Tell: ControlChanged, forwarded to the run.
+RunSupervisorMessage = (
+    CreateRun | StopRun | ResumeRun | RestartAgent | CloseRun | CommitRun | MergeRun | IterateRun | OpenPullRequests
+    | SyncReviews | CleanupRun | ControlChanged
+)
 
 
 def run_spec(run_id: str, reply: Any = None) -> ChildSpec:
@@ -86,7 +96,8 @@ class RunSupervisor(Supervisor):
             case CloseRun():
                 with provider_errors_refused():
                     return self._route(message, closed_answer=True)  # closing a closed run is a no-op
-            case StopRun() | ResumeRun() | RestartAgent():
+            case (StopRun() | ResumeRun() | RestartAgent() | CommitRun() | MergeRun() | IterateRun()
+                  | OpenPullRequests() | SyncReviews()):
                 with provider_errors_refused():
                     return self._route(message)
             case ControlChanged(run_id=run_id):
@@ -142,7 +153,9 @@ class RunSupervisor(Supervisor):
         return cleanup_run(self.conn, run, services=self.system.services, keep_workspaces=command.keep_workspaces,
                            dry_run=command.dry_run)
 
-    def _route(self, command: StopRun | ResumeRun | RestartAgent | CloseRun, closed_answer: bool = False) -> Any:
+    def _route(self, command: StopRun | ResumeRun | RestartAgent | CloseRun | CommitRun | MergeRun | IterateRun
+               | OpenPullRequests | SyncReviews,
+               closed_answer: bool = False) -> Any:
         """Hand the command to the run's actor (started if there is none); it answers."""
         run = store.load_run(self.conn, command.run_id)
         if run.status == RunStatus.CLOSED:
@@ -160,4 +173,6 @@ class RunSupervisor(Supervisor):
 
 
 # What a refusal says cannot be done to a closed run.
-_DONE_TO: dict[type, str] = {StopRun: "stopped", ResumeRun: "resumed", RestartAgent: "restarted", CloseRun: "closed"}
+_DONE_TO: dict[type, str] = {StopRun: "stopped", ResumeRun: "resumed", RestartAgent: "restarted", CloseRun: "closed",
+                             CommitRun: "committed", MergeRun: "merged", IterateRun: "iterated",
+                             OpenPullRequests: "pushed", SyncReviews: "synced"}

@@ -8,11 +8,12 @@ is selected and installed.
 Every git call is an argv list (no shell), with the variables that would redirect git to
 another repository (``GIT_DIR``, ``GIT_WORK_TREE``, ...) removed from its environment.
 
-Safety rules: the user's checkout is never modified. Worktrees are added next to it (sharing
-its object store), a merge happens in a temporary detached worktree and then moves the base
-branch ref with a compare-and-swap, and a base branch that is checked out somewhere is never
-moved (the merge is refused with an explanation instead: moving it would change what that
-checkout sees under the user's feet).
+Safety rules: the user's checkout is never modified behind its back. Worktrees are added next to
+it (sharing its object store). A merge fast-forwards the base branch when it can, else makes a
+merge commit; when the base branch is checked out somewhere (usually the user's own checkout),
+the merge happens there, as `git merge` would, and only when that checkout has no local changes
+(else it is refused, naming them); otherwise it happens in a temporary detached worktree and
+the base branch ref is moved with a compare-and-swap.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ __all__ = [
     "FALLBACK_EMAIL",
     "FALLBACK_NAME",
     "GitWorktreeProvider",
+    "MergeOutcome",
     "RepoPlan",
     "WorkspaceError",
     "WorkspaceProvider",
     "WsmProvider",
+    "apply_merge",
     "git_identity_args",
+    "plan_merge",
     "resolve_repo",
     "run_git",
     "workspace_provider",
@@ -291,27 +295,105 @@ def resolve_repo(name: str, repo_sources: Mapping[str, str], cwd: str | os.PathL
 # --------------------------------------------------------------------------- merging
 
 
-def _merge_into_base(source: Path, repo: str, branch: str, base: str, message: str,
-                     checkout: Path | None) -> str:
-    """Merge ``branch`` into local branch ``base`` of ``source`` without touching any checkout."""
-    base_ref = f"refs/heads/{base}"
-    old = _git_out(["-C", str(source), "rev-parse", "--verify", "--quiet", base_ref])
+class MergeOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What merging a run branch into its base branch does (or did) in one source repository."""
+
+    repo: str
+    source: str
+    branch: str
+    base_branch: str
+    how: str  # fast_forward | merge_commit | up_to_date
+    previous: str  # the base branch's commit before
+    commit: str  # the base branch's commit after ("" for a merge commit not made yet)
+    checkout: str = ""  # the checkout that has the base branch checked out, updated as `git merge` there would
+
+
+def _is_ancestor(source: Path, older: str, newer: str) -> bool:
+    return run_git(["-C", str(source), "merge-base", "--is-ancestor", older, newer], check=False).returncode == 0
+
+
+def _local_changes(checkout: Path) -> list[str]:
+    """Tracked paths with changes (staged or not) in ``checkout``: what `git merge` there may refuse."""
+    raw = run_git(["--no-optional-locks", "-C", str(checkout), "status", "--porcelain=v1", "-z",
+                   "--untracked-files=no"], what=f"git status in {checkout}").stdout
+    return _porcelain_paths(raw)
+
+
+def plan_merge(source: Path, repo: str, branch: str, base: str,
+               checkout: Path | None) -> tuple[MergeOutcome, list[str]]:
+    """What merging ``branch`` into ``base`` of ``source`` would do, and every reason that refuses it
+    (one line each).  Reads only: nothing changes."""
+    base_ref, problems = f"refs/heads/{base}", []
+    old = _git_out(["-C", str(source), "rev-parse", "--verify", "--quiet", base_ref]) or ""
+    tip = _git_out(["-C", str(source), "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"]) or ""
     if not old:
-        raise WorkspaceError(f'repo "{repo}": base branch "{base}" does not exist in {source}')
-    if not _git_out(["-C", str(source), "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"]):
-        raise WorkspaceError(f'repo "{repo}": workspace branch "{branch}" does not exist in {source}')
-    for entry in _worktrees(source):
-        if entry.get("branch") == base_ref:
-            raise WorkspaceError(
-                f'repo "{repo}": base branch "{base}" is checked out in {entry["worktree"]}; '
-                f"metawsm will not move a checked-out branch under that checkout. Switch it to "
-                f"another branch and retry, or run `git merge --no-ff {branch}` there yourself"
-            )
+        problems.append(f'repo "{repo}": base branch "{base}" does not exist in {source}')
+    if not tip:
+        problems.append(f'repo "{repo}": workspace branch "{branch}" does not exist in {source}')
     if checkout is not None and checkout.is_dir():
         dirty = dirty_paths(checkout)
         if dirty:
-            raise WorkspaceError(f'repo "{repo}": workspace checkout {checkout} has uncommitted '
-                                 f"changes ({', '.join(dirty[:5])}); commit them before merging")
+            problems.append(f'repo "{repo}": workspace checkout {checkout} has uncommitted changes '
+                            f"({', '.join(dirty[:5])}); commit them before merging (metawsm commit)")
+    outcome = MergeOutcome(repo=repo, source=str(source), branch=branch, base_branch=base, how="up_to_date",
+                           previous=old, commit=old)
+    if not old or not tip:
+        return outcome, problems
+    if _is_ancestor(source, tip, old):
+        return outcome, problems
+    if _is_ancestor(source, old, tip):
+        how, new = "fast_forward", tip
+    else:
+        how, new = "merge_commit", ""
+        tree = run_git(["-C", str(source), "merge-tree", "--write-tree", "--name-only", "--no-messages", old, tip],
+                       check=False)
+        if tree.returncode == 1:
+            files = [line for line in tree.stdout.splitlines()[1:] if line.strip()]
+            problems.append(f'repo "{repo}": {base} has moved since {branch} was made and the two conflict in '
+                            f"{', '.join(files[:10])}; merge {base} into the workspace branch, resolve, commit, "
+                            "then merge again")
+        elif tree.returncode != 0:
+            problems.append(f'repo "{repo}": cannot check whether {branch} merges into {base}: '
+                            f"{tree.stderr.strip() or tree.stdout.strip()}")
+    where = next((e["worktree"] for e in _worktrees(source) if e.get("branch") == base_ref), "")
+    if where:
+        local = _local_changes(Path(where))
+        if local:
+            problems.append(f'repo "{repo}": {base} is checked out in {where} with local changes '
+                            f"({', '.join(local[:5])}); commit or stash them there, then merge again")
+    return msgspec.structs.replace(outcome, how=how, commit=new, checkout=where), problems
+
+
+def apply_merge(outcome: MergeOutcome, message: str) -> MergeOutcome:
+    """Make the merge :func:`plan_merge` planned (and found no problem with); the outcome with the
+    base branch's new commit."""
+    if outcome.how == "up_to_date":
+        return outcome
+    source, repo, branch, base = Path(outcome.source), outcome.repo, outcome.branch, outcome.base_branch
+    base_ref, old = f"refs/heads/{base}", outcome.previous
+    if outcome.checkout:
+        # The base branch is checked out (usually the user's own checkout, clean): merge there, as
+        # `git merge` would, so its files follow the branch.
+        where = Path(outcome.checkout)
+        if outcome.how == "fast_forward":
+            args = ["-C", str(where), "merge", "--ff-only", "--no-edit", branch]
+        else:
+            args = [*git_identity_args(where), "-C", str(where), "merge", "--no-ff", "--no-edit", "-m", message, branch]
+        merged = run_git(args, check=False)
+        if merged.returncode != 0:
+            conflicts = _git_out(["-C", str(where), "diff", "--name-only", "--diff-filter=U"]) or ""
+            run_git(["-C", str(where), "merge", "--abort"], check=False)
+            detail = (f"conflicts in {', '.join(conflicts.split())}" if conflicts.strip()
+                      else (merged.stderr.strip() or merged.stdout.strip()))
+            raise WorkspaceError(f'repo "{repo}": merging {branch} into {base} in {where} failed: {detail}')
+        new = run_git(["-C", str(where), "rev-parse", "HEAD"]).stdout.strip()
+        return msgspec.structs.replace(outcome, commit=new)
+    if outcome.how == "fast_forward":
+        run_git(["-C", str(source), "update-ref", "-m", f"metawsm: fast-forward {base} to {branch}", base_ref,
+                 outcome.commit, old], what=f'repo "{repo}": moving {base} (did it change meanwhile?)')
+        return outcome
+    # Not checked out anywhere: merge in a temporary detached worktree, then move the branch with
+    # a compare-and-swap.
     scratch = Path(tempfile.mkdtemp(prefix="metawsm-merge-"))
     temp = scratch / repo
     try:
@@ -326,15 +408,24 @@ def _merge_into_base(source: Path, repo: str, branch: str, base: str, message: s
                       else (merged.stderr.strip() or merged.stdout.strip()))
             raise WorkspaceError(f'repo "{repo}": merging {branch} into {base} failed: {detail}')
         new = run_git(["-C", str(temp), "rev-parse", "HEAD"]).stdout.strip()
-        if new != old:
-            run_git(["-C", str(source), "update-ref", "-m", f"metawsm: merge {branch}",
-                     base_ref, new, old],
-                    what=f'repo "{repo}": moving {base} (did it change during the merge?)')
-        return new
+        run_git(["-C", str(source), "update-ref", "-m", f"metawsm: merge {branch}", base_ref, new, old],
+                what=f'repo "{repo}": moving {base} (did it change during the merge?)')
+        return msgspec.structs.replace(outcome, commit=new)
     finally:
         run_git(["-C", str(source), "worktree", "remove", "--force", str(temp)], check=False)
         shutil.rmtree(scratch, ignore_errors=True)
         run_git(["-C", str(source), "worktree", "prune"], check=False)
+
+
+def _merge_into_base(source: Path, repo: str, branch: str, base: str, message: str,
+                     checkout: Path | None) -> str:
+    """Merge ``branch`` into local branch ``base`` of ``source``: a fast-forward when the base has
+    not moved, else a merge commit; a checkout of the base branch is updated as `git merge` there
+    would (refused when it has local changes)."""
+    outcome, problems = plan_merge(source, repo, branch, base, checkout)
+    if problems:
+        raise WorkspaceError(problems[0])
+    return apply_merge(outcome, message).commit
 
 
 class _GitCheckouts:
@@ -493,13 +584,12 @@ class GitWorktreeProvider(_GitCheckouts):
         return None
 
     def merge(self, workspace: str, repo: str, message: str | None = None) -> str:
-        """Merge ``<prefix>/<workspace>`` into the base branch (``--no-ff``); returns the commit.
+        """Merge ``<prefix>/<workspace>`` into the base branch; returns the base branch's commit.
 
-        Done in a temporary detached worktree, then the base branch ref is moved with a
-        compare-and-swap, so no checkout of the user is touched. Refused when the base branch
-        is checked out anywhere (typically the user's main checkout): moving it would change
-        that checkout's HEAD under the user. When there is nothing to merge the current base
-        commit is returned.
+        A fast-forward when the base has not moved, else a merge commit (refused on conflicts).
+        When the base branch is checked out (typically the user's main checkout), it is merged
+        there as `git merge` would, and refused when that checkout has local changes; else in a
+        temporary worktree. When there is nothing to merge the current base commit is returned.
         """
         dest = self.repo_path(workspace, repo)
         branch = self.branch(workspace)
