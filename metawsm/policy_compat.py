@@ -70,8 +70,6 @@ INERT_FIELDS: tuple[str, ...] = (
     "git_pr.credential_mode",
     "git_pr.branch_template",
     "git_pr.allowed_repos",
-    "git_pr.default_labels",
-    "git_pr.default_reviewers",
     "git_pr.review_feedback.enabled",
     "git_pr.review_feedback.mode",
     "git_pr.review_feedback.include_review_comments",

@@ -135,9 +135,10 @@ def test_a_policy_of_this_version_that_sets_no_go_field_warns_about_nothing(tmp_
     assert read_policy_file(path).inert_fields == ()
     written = json.loads(path.read_text())
     assert "close" not in written
-    # Only the git_pr fields `metawsm commit` honours are written (docs/policy.md).
+    # Only the git_pr fields commit and pr honour are written (docs/policy.md).
     assert set(written["git_pr"]) == {"mode", "provider", "require_all", "required_checks", "test_commands",
-                                      "forbidden_file_patterns", "review_feedback"}
+                                      "forbidden_file_patterns", "default_labels", "default_reviewers",
+                                      "review_feedback"}
     assert written["git_pr"]["review_feedback"] == {"ignore_authors": []}
 
 
@@ -152,7 +153,8 @@ def test_a_file_with_every_field_written_out_names_every_inert_field(tmp_path: P
     [
         ({}, []),
         ({"git_pr": {}}, []),
-        ({"git_pr": {"mode": "off", "default_labels": ["x"]}}, ["git_pr.default_labels"]),
+        ({"git_pr": {"mode": "off", "default_labels": ["x"], "branch_template": "t/{ticket}"}},
+         ["git_pr.branch_template"]),
         ({"operator": {"restart_budget": 2, "llm": {"model": "m"}}}, ["operator.llm.model"]),
         ({"docs": {"api": {"workspace_endpoints": None}}}, ["docs.api.workspace_endpoints"]),
         # Two profiles with skills: the field is named once.

@@ -598,7 +598,7 @@ def test_git_pr_provider_is_validated() -> None:
 # The stand-in for the GitHub CLI: the only stand-in of this issue's tests (there is no forge to
 # reach here).  It records each call's arguments and directory, and answers as gh documents it:
 # `gh pr create` prints the new pull request's URL, `gh pr view --json number,url,state,isDraft`
-# prints that JSON object, `gh auth status` exits 0 when logged in, and `gh api
+# prints that JSON object, `gh pr merge N --merge` exits 0, `gh auth status` exits 0 when logged in, and `gh api
 # repos/O/R/pulls/N/reviews|comments --paginate` prints the REST API's arrays (one per page).
 GH_STAND_IN = """#!{python}
 import json, os, sys
@@ -611,6 +611,9 @@ if args[:2] == ["auth", "status"]:
 if args[:2] == ["pr", "create"]:
     print("Creating pull request for task/x into main in acme/app\\n")
     print("https://github.com/acme/app/pull/7")
+    sys.exit(0)
+if args[:2] == ["pr", "merge"]:
+    print("Merged pull request acme/app#7")
     sys.exit(0)
 if args[:2] == ["pr", "view"]:
     print(json.dumps({{"isDraft": False, "number": 7, "state": "OPEN", "url": "https://github.com/acme/app/pull/7"}}))
@@ -644,7 +647,9 @@ def test_the_github_provider_opens_pull_requests_and_syncs_their_reviews(
     (bin_dir / "gh").chmod(0o755)
     record = tmp_path / "gh-calls.jsonl"
     env = runs_env(agent=LEAVES_WORK_AGENT, done=DONE,
-                   policy={"git_pr": {"provider": "github", "review_feedback": {"ignore_authors": ["ci-bot"]}}},
+                   policy={"git_pr": {"provider": "github", "default_labels": ["metawsm"],
+                                      "default_reviewers": ["octo"],
+                                      "review_feedback": {"ignore_authors": ["ci-bot"]}}},
                    serve_env={"PATH": f"{bin_dir}{os.pathsep}{path_without_metawsm()}", "GH_RECORD": str(record)})
     origin = with_origin(env.repo)
     run = env.start_run(mode="bootstrap")
@@ -668,6 +673,7 @@ def test_the_github_provider_opens_pull_requests_and_syncs_their_reviews(
     body = create[create.index("--body") + 1]
     assert "## Goal\n\nShip the feature" in body and f"- agent: passed ({DONE})" in body
     assert "## Changes" in body and "feature.txt" in body
+    assert create[-4:] == ["--label", "metawsm", "--reviewer", "octo"]  # git_pr.default_labels/_reviewers
     assert calls[1]["cwd"] == agent["workspace_path"]
     assert calls[2]["args"][2:] == ["https://github.com/acme/app/pull/7", "--json", "number,url,state,isDraft"]
     assert env.snapshot(run_id)["pull_requests"][0]["number"] == 7
@@ -676,6 +682,16 @@ def test_the_github_provider_opens_pull_requests_and_syncs_their_reviews(
     assert env.cli("pr", "--run-id", run_id).returncode == 0
     calls = [json.loads(line) for line in record.read_text().splitlines()]
     assert [c["args"][:2] for c in calls[3:]] == [["auth", "status"], ["pr", "view"]]
+
+    # merge --push with an open pull request: GitHub merges it (gh pr merge, from the workspace),
+    # then the base branch is fetched from origin; the pull request is recorded as merged.
+    merged = env.cli("merge", "--run-id", run_id, "--push", "--json")
+    assert merged.returncode == 0, merged.stderr
+    [result] = json.loads(merged.stdout)["merge"]["repos"]
+    assert (result["how"], result["commit"]) == ("pull_request", git(origin, "rev-parse", "main"))
+    last = json.loads(record.read_text().splitlines()[-1])
+    assert (last["args"], last["cwd"]) == (["pr", "merge", "7", "--merge"], agent["workspace_path"])
+    assert env.snapshot(run_id)["pull_requests"][0]["state"] == "merged"
 
     # review sync: each review and comment stored once and posted in a forum thread of the pull
     # request (ignored author, empty and pending reviews skipped); --dispatch sends them to the agent.

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 import msgspec
 
 from metawsm.clock import now_text
+from metawsm.runs import forge
 from metawsm.runs.model import RunError
 from metawsm.runs.providers.workspace import (
     MergeOutcome,
@@ -386,6 +387,7 @@ class MergeJob(msgspec.Struct, frozen=True, kw_only=True):
     branch: str
     base_branch: str
     message: str  # of a merge commit
+    pull_request: int = 0  # an open GitHub pull request of the branch: `merge --push` merges it there
 
 
 class RepoMerge(MergeOutcome, frozen=True, kw_only=True):
@@ -409,20 +411,24 @@ def merge(run_id: str, jobs: Sequence[MergeJob], *, push: bool, dry_run: bool) -
     """Merge every job's branch into its base branch: all are planned (and refused together, one
     line per problem, :class:`MergeRefused`) before any is made; then, with ``push``, each base
     branch is pushed to ``origin``."""
+    on_forge = [job for job in jobs if push and job.pull_request]
+    jobs = [job for job in jobs if not (push and job.pull_request)]
+    merged_on_forge = _merge_pull_requests(on_forge, dry_run=dry_run)
     planned: list[tuple[MergeJob, MergeOutcome]] = []
     problems: list[str] = []
     for job in jobs:
         outcome, found = plan_merge(Path(job.source), job.repo, job.branch, job.base_branch, Path(job.checkout))
         planned.append((job, outcome))
         problems += found
-    if push:
+    if push and jobs:
         for source in dict.fromkeys(job.source for job in jobs):
             if run_git(["-C", source, "remote", "get-url", "origin"], check=False).returncode != 0:
                 problems.append(f'{Path(source).name}: no remote "origin" in {source} to push to')
     if problems:
         raise MergeRefused("\n".join(dict.fromkeys(problems)))
     if dry_run:
-        return MergeReport(run_id=run_id, dry_run=True, push=push, repos=[_repo_merge(j, o) for j, o in planned])
+        return MergeReport(run_id=run_id, dry_run=True, push=push,
+                           repos=merged_on_forge + [_repo_merge(j, o) for j, o in planned])
     done: list[tuple[MergeJob, MergeOutcome]] = []
     for job, outcome in planned:
         if done:  # an earlier merge may have moved this base branch (two workspaces, one repo): plan again
@@ -442,12 +448,41 @@ def merge(run_id: str, jobs: Sequence[MergeJob], *, push: bool, dry_run: bool) -
                     what=f'repo "{job.repo}": git push origin {job.base_branch}')
             pushed.add(key)
     return MergeReport(run_id=run_id, dry_run=False, push=push,
-                       repos=[_repo_merge(j, o, (j.source, j.base_branch) in pushed) for j, o in done])
+                       repos=merged_on_forge + [_repo_merge(j, o, (j.source, j.base_branch) in pushed)
+                                                for j, o in done])
+
+
+def _merge_pull_requests(jobs: Sequence[MergeJob], *, dry_run: bool) -> list[RepoMerge]:
+    """Branches with an open GitHub pull request, under ``--push``: GitHub merges them (``gh pr
+    merge``), then the base branch is fetched from ``origin``.  Your checkout of the base branch
+    is left as it is (``git pull`` brings the merge to it).  Refused, nothing merged, when a
+    workspace has uncommitted work (the pull request would miss it)."""
+    problems = [f'repo "{job.repo}": workspace checkout {job.checkout} has uncommitted changes; '
+                "commit them first (metawsm commit)"
+                for job in jobs
+                if run_git(["--no-optional-locks", "-C", job.checkout, "status", "--porcelain"],
+                           check=False).stdout.strip()]
+    if problems:
+        raise MergeRefused("\n".join(problems))
+    merged: list[RepoMerge] = []
+    for job in jobs:
+        before = run_git(["-C", job.source, "rev-parse", f"refs/heads/{job.base_branch}"], check=False).stdout.strip()
+        after = ""
+        if not dry_run:
+            forge.merge_pull_request(job.repo, job.workspace, job.checkout, job.pull_request)
+            run_git(["-C", job.source, "fetch", "--quiet", "origin", job.base_branch],
+                    what=f'repo "{job.repo}": git fetch origin {job.base_branch}')
+            after = run_git(["-C", job.source, "rev-parse", "FETCH_HEAD"]).stdout.strip()
+        merged.append(RepoMerge(repo=job.repo, source=job.source, branch=job.branch, base_branch=job.base_branch,
+                                how="pull_request", previous=before, commit=after, ticket=job.ticket,
+                                workspace=job.workspace))
+    return merged
 
 
 def merge_summary(report: MergeReport) -> str:
     """One line for the run's events."""
-    words = {"fast_forward": "fast-forwarded", "merge_commit": "merged", "up_to_date": "already up to date"}
+    words = {"fast_forward": "fast-forwarded", "merge_commit": "merged", "up_to_date": "already up to date",
+             "pull_request": "merged on GitHub by its pull request, fetched"}
     return "; ".join(f"{r.repo}@{r.workspace}: {r.base_branch} {words.get(r.how, r.how)} at {r.commit[:12]}"
                      + (" and pushed" if r.pushed else "") for r in report.repos) or "no repositories"
 

@@ -74,6 +74,8 @@ class PrJob(msgspec.Struct, frozen=True, kw_only=True):
     draft: bool = False
     add_diffstat: bool = True  # append the branch's diff stat to the body (not to one given by the user)
     existing_url: str = ""  # a pull request recorded earlier: push only, keep it
+    labels: list[str] = []  # git_pr.default_labels (github only)
+    reviewers: list[str] = []  # git_pr.default_reviewers (github only)
 
 
 class PrReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,6 +138,15 @@ def _gh(args: Sequence[str], cwd: str) -> subprocess.CompletedProcess[str]:
         raise PrRefused(f"gh {' '.join(args[:2])} failed: {error}") from None
 
 
+def merge_pull_request(repo: str, workspace: str, checkout: str, number: int) -> None:
+    """``gh pr merge N --merge``: GitHub merges the pull request, so its required reviews and checks
+    apply; a refusal names the repository and gives gh's reason."""
+    merged = _gh(["pr", "merge", str(number), "--merge"], checkout)
+    if merged.returncode != 0:
+        detail = " ".join((merged.stderr.strip() or merged.stdout.strip()).split())
+        raise PrRefused(f"{repo} ({workspace}): gh pr merge {number} failed: {detail}")
+
+
 def _remote(source: str) -> str:
     result = run_git(["-C", source, "remote", "get-url", "origin"], check=False)
     return result.stdout.strip() if result.returncode == 0 else ""
@@ -162,6 +173,10 @@ def _open_with_gh(job: PrJob) -> tuple[str, int, str]:
     args = ["pr", "create", "--base", job.base_branch, "--head", job.branch, "--title", job.title, "--body", body]
     if job.draft:
         args.append("--draft")
+    for label in job.labels:
+        args += ["--label", label]
+    for reviewer in job.reviewers:
+        args += ["--reviewer", reviewer]
     created = _gh(args, job.checkout)
     if created.returncode != 0:
         detail = " ".join((created.stderr.strip() or created.stdout.strip()).split())

@@ -306,6 +306,12 @@ def upsert_pull_request(conn: sqlite3.Connection, run_id: str, view: Any) -> Non
         )
 
 
+def set_pull_request_state(conn: sqlite3.Connection, run_id: str, ticket: str, repo: str, state: str) -> None:
+    with write_transaction(conn):
+        conn.execute("UPDATE run_pull_requests SET state = ?, updated_at = ?"
+                     " WHERE run_id = ? AND ticket = ? AND repo = ?", (state, now_text(), run_id, ticket, repo))
+
+
 def pull_requests(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT ticket, repo, workspace, provider, branch, base_branch, head_commit, url, number, state, updated_at"

@@ -619,6 +619,10 @@ class RunActor(Supervisor):
             return delivery.merge(run_id, jobs, push=push, dry_run=dry_run)
 
         def finish(result: Any, error: BaseException | None) -> Any:
+            if error is None and not dry_run:
+                for repo in result.repos:
+                    if repo.how == "pull_request":
+                        store.set_pull_request_state(self.conn, self.run_id, repo.ticket, repo.repo, "merged")
             return self._delivered(STEP_MERGE, ordinals, status, result, error)
 
         return self._deliver(command, work, finish)
@@ -741,7 +745,8 @@ class RunActor(Supervisor):
                     ticket=ticket, workspace=workspace, repo=repo, source=str(self._source(repo, checkout)),
                     checkout=str(checkout), branch=self.workspaces.branch(workspace), base_branch=self.spec.base_branch,
                     title=title, body=body, draft=command.draft, add_diffstat=not command.body.strip(),
-                    existing_url=existing))
+                    existing_url=existing, labels=list(self.policy.git_pr.default_labels),
+                    reviewers=list(self.policy.git_pr.default_reviewers)))
         ordinals: list[int] = []
         if not command.dry_run:
             for ticket in dict.fromkeys(job.ticket for job in jobs):
@@ -843,6 +848,9 @@ class RunActor(Supervisor):
     def _merge_jobs(self) -> list[delivery.MergeJob]:
         """One merge per workspace and repository: the workspace branch into the run's base branch."""
         jobs: list[delivery.MergeJob] = []
+        open_on_github = {(pr["repo"], pr["workspace"]): int(pr["number"])
+                          for pr in store.pull_requests(self.conn, self.run_id)
+                          if pr["provider"] == "github" and pr["state"] == "open" and pr["number"]}
         for workspace in self._workspace_names():
             ticket = self._ticket_of(workspace)
             for repo in self.spec.repos:
@@ -850,7 +858,8 @@ class RunActor(Supervisor):
                 jobs.append(delivery.MergeJob(
                     ticket=ticket, workspace=workspace, repo=repo, source=str(self._source(repo, checkout)),
                     checkout=str(checkout), branch=self.workspaces.branch(workspace),
-                    base_branch=self.spec.base_branch, message=f"metawsm: merge {workspace} ({self.run_id})"))
+                    base_branch=self.spec.base_branch, message=f"metawsm: merge {workspace} ({self.run_id})",
+                    pull_request=open_on_github.get((repo, workspace), 0)))
         return jobs
 
     def _source(self, repo: str, checkout: Path) -> Path:

@@ -302,7 +302,7 @@ class MergeOutcome(msgspec.Struct, frozen=True, kw_only=True):
     source: str
     branch: str
     base_branch: str
-    how: str  # fast_forward | merge_commit | up_to_date
+    how: str  # fast_forward | merge_commit | up_to_date | pull_request (merged on GitHub)
     previous: str  # the base branch's commit before
     commit: str  # the base branch's commit after ("" for a merge commit not made yet)
     checkout: str = ""  # the checkout that has the base branch checked out, updated as `git merge` there would
