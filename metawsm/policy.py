@@ -201,7 +201,8 @@ class ForumRedis(_Section, frozen=True):
 
 
 class ForumSla(_Section, frozen=True):
-    escalation_minutes: int = 30
+    # How long a guidance request may wait unanswered before the operator escalates it; fractions allowed.
+    escalation_minutes: int | float = 30
 
 
 class ForumRetention(_Section, frozen=True):

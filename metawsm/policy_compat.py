@@ -65,7 +65,6 @@ INERT_FIELDS: tuple[str, ...] = (
     "operator.llm.timeout_seconds",
     "operator.llm.max_tokens",
     "forum.enabled",
-    "forum.sla.escalation_minutes",
     "forum.docs_sync.enabled",
     "git_pr.credential_mode",
     "git_pr.branch_template",

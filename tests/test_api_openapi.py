@@ -53,6 +53,7 @@ ROUTES = {
     ("get", "/metrics"),
     ("get", "/"),
     ("get", "/api/v1/policy"),
+    ("get", "/api/v1/operator/decisions"),
     ("get", "/api/v1/auth"),
     ("post", "/api/v1/auth/rotate"),
 }

@@ -569,6 +569,7 @@ EXPECTED_ACTORS = {
     "root/forum/projections/control_state": "Projection[control_state]",
     "root/forum/broker": "EventBroker",
     "root/runs": "RunSupervisor",
+    "root/operator": "Operator",
 }
 NODE_FIELDS = {"name", "path", "kind", "state", "urn", "started_at", "restarts", "processed", "mailbox", "details",
                "children"}

@@ -10,7 +10,16 @@ from aiohttp.typedefs import Handler
 
 from metawsm.actors import storage
 from metawsm.actors.errors import ActorError, Refusal
-from metawsm.api import auth_routes, forum_routes, policy_routes, runs_routes, stream, system_routes, web_routes
+from metawsm.api import (
+    auth_routes,
+    forum_routes,
+    operator_routes,
+    policy_routes,
+    runs_routes,
+    stream,
+    system_routes,
+    web_routes,
+)
 from metawsm.api.auth import AUTH, AuthSettings, authenticate
 from metawsm.api.codec import MAX_BODY_BYTES
 from metawsm.api.context import CONTEXT, ApiContext
@@ -32,6 +41,7 @@ def route_table() -> RouteTable:
     table.extend(stream.routes())
     table.extend(runs_routes.routes())
     table.extend(policy_routes.routes())
+    table.extend(operator_routes.routes())
     table.extend(auth_routes.routes())
     table.extend(web_routes.routes())
     table.extend(mcp_http.routes())

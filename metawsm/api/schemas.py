@@ -277,6 +277,30 @@ class HealthResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     actors: ActorSummary | None = None
 
 
+class OperatorDecisionsQuery(_Query, kw_only=True):
+    run_id: str | None = None
+
+
+class OperatorDecision(msgspec.Struct, kw_only=True):
+    """One decision of the operator (docs/operator.md); ``cause`` names what it answered."""
+
+    id: int
+    run_id: str
+    intent: str
+    reason: str
+    cause: str
+    source: str
+    executed: bool
+    at: str
+    thread_id: str = ""
+    ticket: str = ""
+    agent_name: str = ""
+
+
+class OperatorDecisionsResponse(msgspec.Struct, kw_only=True):
+    decisions: list[OperatorDecision]
+
+
 class StreamEventsFrame(msgspec.Struct, kw_only=True, tag="forum.events", tag_field="type"):
     events: list[EventView]
     next_cursor: int

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from metawsm.clock import now_text
-from metawsm.store import schema_auth, schema_delivery, schema_forum, schema_idempotency, schema_marks, schema_runs
+from metawsm.store import (
+    schema_auth,
+    schema_delivery,
+    schema_forum,
+    schema_idempotency,
+    schema_marks,
+    schema_operator,
+    schema_runs,
+)
 from metawsm.store.db import StoreError, write_transaction
 
 if TYPE_CHECKING:
@@ -47,6 +55,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "run pull requests", schema_delivery.apply_pull_requests),
     Migration(8, "doc sync errors", schema_delivery.apply_doc_sync_errors),
     Migration(9, "run review feedback", schema_delivery.apply_review_feedback),
+    Migration(10, "operator decisions", schema_operator.apply),
 )
 
 
