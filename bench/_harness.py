@@ -137,6 +137,20 @@ class Serve(ServeProcess):
         return proc_cpu_seconds(self.pid)
 
 
+def end_run(serve: Serve, redis_server: RedisProcess, tmux_socket: str, run_id: str) -> None:
+    """A run benchmark's teardown: stop and clean up its run (best effort), then its daemon,
+    Redis and the run's tmux server."""
+    if run_id:
+        for action in ("stop", "cleanup"):
+            try:
+                http(serve.url, "POST", f"/api/v1/runs/{run_id}/{action}", {}, timeout=60)
+            except OSError:
+                pass
+    serve.stop()
+    redis_server.stop()
+    subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], capture_output=True)
+
+
 def proc_cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as handle:
         raw = handle.read().decode()

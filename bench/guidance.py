@@ -38,6 +38,7 @@ from _harness import (
     RawHttp,
     Scratch,
     Serve,
+    end_run,
     http,
     latency_row,
     machine_facts,
@@ -159,15 +160,7 @@ def main() -> int:
             to_awaiting, to_running, _ = asyncio.run(measure(serve.port, run_id, args.n))
             busy = load.describe()
         finally:
-            if run_id:
-                for action in ("stop", "cleanup"):
-                    try:
-                        http(serve.url, "POST", f"/api/v1/runs/{run_id}/{action}", {}, timeout=60)
-                    except OSError:
-                        pass
-            serve.stop()
-            redis_server.stop()
-            subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], capture_output=True)
+            end_run(serve, redis_server, tmux_socket, run_id)
 
     print(machine_facts())
     print(f"bootstrap run {run_id}, agent {AGENT!r}; each figure from sending the signal to the first "

@@ -40,7 +40,18 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from _harness import LATENCY_HEADERS, RawHttp, Scratch, Serve, http, latency_row, machine_facts, start_redis, table
+from _harness import (
+    LATENCY_HEADERS,
+    RawHttp,
+    Scratch,
+    Serve,
+    end_run,
+    http,
+    latency_row,
+    machine_facts,
+    start_redis,
+    table,
+)
 from guidance import AGENT, REPO, TICKET, make_repo, run_policy
 
 CLIENTS = re.compile(rb"^metawsm_websocket_clients (\d+)", re.M)
@@ -150,15 +161,7 @@ def main() -> int:
             for transport in ("stdio", "http"):
                 results[transport] = asyncio.run(measure(transport, serve, run_id, agent_env, args.n))
         finally:
-            if run_id:
-                for action in ("stop", "cleanup"):
-                    try:
-                        http(serve.url, "POST", f"/api/v1/runs/{run_id}/{action}", {}, timeout=60)
-                    except OSError:
-                        pass
-            serve.stop()
-            redis_server.stop()
-            subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], capture_output=True)
+            end_run(serve, redis_server, tmux_socket, run_id)
 
     print(machine_facts())
     print(f"bootstrap run {run_id}, agent {AGENT!r} played by the MCP SDK's client; the operator answers over HTTP")
