@@ -8,7 +8,7 @@ WebSocket only.  This module provides:
 * :class:`Scratch` - a short ``/tmp/mwb-*`` directory, removed unless ``--keep``;
 * :func:`policy` - the policy file the daemon is started with (SQLite stays ``FULL``);
 * :class:`Serve` - start / stop / ``kill -9`` / restart ``metawsm serve``; CPU seconds from
-  ``/proc/<pid>/stat``;
+  ``/proc/<pid>/stat``; :func:`proc_wakeups`, :func:`proc_rss_mb` and friends for a process at rest;
 * :class:`RawHttp` - a tiny keep-alive HTTP/1.1 client on asyncio streams, so the load
   generator (on the same 2-core machine) spends as little CPU as possible per request;
 * :func:`http` - a blocking one-shot request for set-up and polling;
@@ -157,6 +157,56 @@ def proc_cpu_seconds(pid: int) -> float:
     fields = raw[raw.rindex(")") + 2:].split()
     # fields[0] is field 3 (state); utime is field 14, stime field 15
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_children_cpu_seconds(pid: int) -> float:
+    """user + system CPU of the children ``pid`` has waited for (tmux, git subprocesses)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            raw = handle.read().decode()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2:].split()
+    return (int(fields[13]) + int(fields[14])) / CLK_TCK
+
+
+def proc_wakeups(pid: int) -> int:
+    """Context switches (voluntary + involuntary) summed over every thread of ``pid``: how
+    often its threads went to sleep and were woken, or were preempted."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as handle:
+                for line in handle:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except OSError:
+            continue  # the thread ended meanwhile
+    return total
+
+
+def _proc_status_field(pid: int, name: str) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith(name + ":"):
+                    return line.split()[1]
+    except OSError:
+        pass
+    return "0"
+
+
+def proc_rss_mb(pid: int) -> float:
+    """Resident set size of ``pid`` in MB (``VmRSS``)."""
+    return int(_proc_status_field(pid, "VmRSS")) / 1024
+
+
+def proc_threads(pid: int) -> int:
+    return int(_proc_status_field(pid, "Threads"))
 
 
 _TOKENS: dict[str, str] = {}

@@ -19,7 +19,8 @@ from pathlib import Path
 import redis
 
 from metawsm.actors.forum.tree import forum_supervisor_spec
-from metawsm.actors.operator import Operator
+from metawsm.actors.operator.actor import Operator
+from metawsm.actors.operator.sink import OperatorSink
 from metawsm.actors.redis_server import RedisServer
 from metawsm.actors.runs.sink import RunsSink
 from metawsm.actors.runs.supervisor import RunSupervisor
@@ -233,6 +234,7 @@ class Daemon:
         children.append(ChildSpec.of(RunSupervisor, id="runs", name="RunSupervisor", shutdown_timeout=30))
         children.append(ChildSpec.of(Operator, id="operator", name="Operator"))
         services.sinks.add(RunsSink(system))
+        services.sinks.add(OperatorSink(system))
         system.start(ChildSpec.of(Supervisor, id="root", name="RootSupervisor", strategy=Strategy.ONE_FOR_ONE,
                                   children=children))
         self.system = system

@@ -171,6 +171,9 @@ class ExecutionPolicy(_Section, frozen=True):
 
 class HealthPolicy(_Section, frozen=True):
     poll_seconds: Seconds = 2
+    # An agent whose pane shows nothing new is polled less and less often, up to this; never past
+    # its next idle/stalled threshold, and back to poll_seconds at its next output (docs/runs.md).
+    quiet_poll_seconds: Seconds = 10
     idle_seconds: Seconds = 300
     activity_stalled_seconds: Seconds = 900
     progress_stalled_seconds: Seconds = 1200
@@ -183,6 +186,13 @@ class OperatorPolicy(_Section, frozen=True):
     restart_budget_reset_seconds: Seconds = 1800
     restart_stalled: bool = False
     stale_run_age_seconds: Seconds = 3600
+    # Notifications of each decision (metawsm/operator/notify.py); not in the Go version, whose
+    # watch loop ran a shell string instead of an argv.
+    notify_command: list[str] = []
+    notify_timeout_seconds: Seconds = 10
+    webhook_url: str = ""
+    webhook_attempts: int = 5
+    webhook_timeout_seconds: Seconds = 5
     llm: OperatorLlmPolicy = msgspec.field(default_factory=OperatorLlmPolicy)
 
 
@@ -455,7 +465,27 @@ def _operator_failures(o: OperatorPolicy) -> Iterator[str]:
                   "restart_budget_reset_seconds", "stale_run_age_seconds"):
         if getattr(o, field) <= 0:
             yield f"operator.{field} must be > 0"
+    # An empty list means "no command"; a list whose program is blank is a mistake, not that.
+    if o.notify_command and _blank(o.notify_command[0]):
+        yield "operator.notify_command must be a list of strings with a program first"
+    if o.notify_timeout_seconds <= 0:
+        yield "operator.notify_timeout_seconds must be > 0"
+    if not _blank(o.webhook_url) and not _is_http_url(o.webhook_url):
+        yield "operator.webhook_url must be an http(s) URL"
+    for field in ("webhook_attempts", "webhook_timeout_seconds"):
+        if getattr(o, field) <= 0:
+            yield f"operator.{field} must be > 0"
     yield from operator_llm_failures(o.llm)
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text.strip())
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(host)
 
 
 def _failures(p: Policy) -> Iterator[str]:
@@ -495,6 +525,8 @@ def _failures(p: Policy) -> Iterator[str]:
     h = p.health
     if h.poll_seconds <= 0:
         yield "health.poll_seconds must be > 0"
+    if h.quiet_poll_seconds < h.poll_seconds:
+        yield "health.quiet_poll_seconds must be >= poll_seconds"
     if min(h.idle_seconds, h.activity_stalled_seconds, h.progress_stalled_seconds) <= 0:
         yield "health thresholds must be > 0"
     if h.activity_stalled_seconds < h.idle_seconds:

@@ -58,11 +58,6 @@ INERT_FIELDS: tuple[str, ...] = (
     "docs.api.repo_endpoints",
     "docs.api.request_timeout_seconds",
     "close.require_clean_git",
-    "operator.stale_run_age_seconds",
-    "operator.llm.mode",
-    "operator.llm.command",
-    "operator.llm.model",
-    "operator.llm.timeout_seconds",
     "operator.llm.max_tokens",
     "forum.enabled",
     "forum.docs_sync.enabled",
@@ -117,10 +112,17 @@ class ForumDocsSync(_CompatSection, frozen=True):
 
 
 class OperatorLlmPolicy(_CompatSection, frozen=True):
-    """The operator's language-model assistant (no LLM operator here yet)."""
+    """The operator's optional language-model adviser (metawsm/operator/llm.py).
 
-    mode: str = "assist"  # off|assist|auto, compared trimmed and lower-cased like the Go version
-    command: str = "codex"
+    ``off`` by default, unlike the Go version (``assist``): consulting a model costs time and
+    money on every decision, so it is something to ask for. ``command`` is either the Go form, a
+    string split like a shell would (``"codex"`` is run as ``codex exec [--model M] <prompt>``),
+    or an argv list that gets the run's context as JSON on stdin. ``max_tokens`` is validated
+    and passed to nothing, as in the Go version, so it stays in :data:`INERT_FIELDS`.
+    """
+
+    mode: str = "off"  # off|assist|auto, compared trimmed and lower-cased like the Go version
+    command: str | list[str] = "codex"
     model: str = ""
     timeout_seconds: Seconds = 30
     max_tokens: int = 400
@@ -278,7 +280,8 @@ def without_inert_fields(data: dict[str, Any]) -> dict[str, Any]:
 def operator_llm_failures(llm: OperatorLlmPolicy) -> Iterator[str]:
     if llm.mode.strip().lower() not in LLM_MODES:
         yield "operator.llm.mode must be off|assist|auto"
-    if _blank(llm.command):
+    command = llm.command
+    if _blank(command) if isinstance(command, str) else (not command or _blank(command[0])):
         yield "operator.llm.command cannot be empty"
     if llm.timeout_seconds <= 0:
         yield "operator.llm.timeout_seconds must be > 0"

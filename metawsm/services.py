@@ -14,8 +14,10 @@ from typing import Any, Protocol
 from metawsm.auth.tokens import TokenRegistry
 from metawsm.forum.event_cache import EventCache
 from metawsm.forum.topics import Topics
+from metawsm.operator.feed import DecisionFeed
 from metawsm.policy import LoadedPolicy, Policy, policy_changes, policy_digest, read_policy_file, with_sections_of
 from metawsm.policy_compat import inert_warning
+from metawsm.runs.pane_board import PaneBoards
 from metawsm.store import Database
 from metawsm.store.faults import StorageStatus
 
@@ -160,6 +162,8 @@ class Services:
     tokens: TokenRegistry | None = None  # the credentials the API accepts; runs mint agent tokens here
     auth_enabled: bool = True  # False only with serve --no-auth (loopback): agents then get no token
     storage: StorageStatus = field(init=False)  # set while the database cannot be written (disk full)
+    decisions: DecisionFeed = field(default_factory=DecisionFeed)  # the operator's decisions, as they are stored
+    pane_boards: PaneBoards = field(default_factory=PaneBoards)  # one tmux listing serves every agent's poll
 
     def __post_init__(self) -> None:
         t = self.policy.forum.topics

@@ -45,13 +45,15 @@ SPEC_DEFAULTS: dict[str, Any] = {
              "api": {"workspace_endpoints": [], "repo_endpoints": [], "request_timeout_seconds": 3}},
     "tmux": {"socket": "auto", "session_pattern": "{agent}-{workspace}"},
     "execution": {"step_retries": 1, "max_tickets_per_run": 10},
-    "health": {"poll_seconds": 2, "idle_seconds": 300, "activity_stalled_seconds": 900,
+    "health": {"poll_seconds": 2, "quiet_poll_seconds": 10, "idle_seconds": 300, "activity_stalled_seconds": 900,
                "progress_stalled_seconds": 1200},
     "close": {"require_clean_git": True},
     "operator": {"unhealthy_confirmations": 2, "restart_budget": 3,
                  "restart_cooldown_seconds": 60, "restart_budget_reset_seconds": 1800,
                  "restart_stalled": False, "stale_run_age_seconds": 3600,
-                 "llm": {"mode": "assist", "command": "codex", "model": "", "timeout_seconds": 30,
+                 "notify_command": [], "notify_timeout_seconds": 10, "webhook_url": "",
+                 "webhook_attempts": 5, "webhook_timeout_seconds": 5,
+                 "llm": {"mode": "off", "command": "codex", "model": "", "timeout_seconds": 30,
                          "max_tokens": 400}},
     "forum": {"enabled": True,
               "topics": {"command_prefix": "forum.commands", "event_prefix": "forum.events",
@@ -301,6 +303,7 @@ CASES: list[tuple[dict[str, Any], str]] = [
     ({"execution.step_retries": -1}, "execution.step_retries must be >= 0"),
     ({"execution.max_tickets_per_run": 0}, "execution.max_tickets_per_run must be > 0"),
     ({"health.poll_seconds": 0}, "health.poll_seconds must be > 0"),
+    ({"health.quiet_poll_seconds": 1}, "health.quiet_poll_seconds must be >= poll_seconds"),
     ({"health.idle_seconds": 0}, "health thresholds must be > 0"),
     ({"health.activity_stalled_seconds": -5}, "health thresholds must be > 0"),
     ({"health.progress_stalled_seconds": 0}, "health thresholds must be > 0"),
@@ -311,8 +314,17 @@ CASES: list[tuple[dict[str, Any], str]] = [
     ({"operator.restart_budget_reset_seconds": -1},
      "operator.restart_budget_reset_seconds must be > 0"),
     ({"operator.stale_run_age_seconds": 0}, "operator.stale_run_age_seconds must be > 0"),
+    ({"operator.notify_command": [" ", "x"]},
+     "operator.notify_command must be a list of strings with a program first"),
+    ({"operator.notify_timeout_seconds": 0}, "operator.notify_timeout_seconds must be > 0"),
+    ({"operator.webhook_url": "ftp://hooks.test/x"}, "operator.webhook_url must be an http(s) URL"),
+    ({"operator.webhook_url": "hooks.test/x"}, "operator.webhook_url must be an http(s) URL"),
+    ({"operator.webhook_attempts": 0}, "operator.webhook_attempts must be > 0"),
+    ({"operator.webhook_timeout_seconds": -1}, "operator.webhook_timeout_seconds must be > 0"),
     ({"operator.llm.mode": "manual"}, "operator.llm.mode must be off|assist|auto"),
     ({"operator.llm.command": " "}, "operator.llm.command cannot be empty"),
+    ({"operator.llm.command": []}, "operator.llm.command cannot be empty"),
+    ({"operator.llm.command": ["", "-q"]}, "operator.llm.command cannot be empty"),
     ({"operator.llm.timeout_seconds": 0}, "operator.llm.timeout_seconds must be > 0"),
     ({"operator.llm.max_tokens": 0}, "operator.llm.max_tokens must be > 0"),
     ({"forum.topics.command_prefix": ""}, "forum.topics.command_prefix cannot be empty"),
@@ -514,3 +526,24 @@ def test_policy_init_as_real_process(tmp_path: Path) -> None:
     assert again.returncode == 2
     assert again.stderr == f"error: policy file {path} already exists; use --force to overwrite\n"
     assert "Traceback" not in again.stderr
+
+
+# --------------------------------------------------------------------------- operator fields
+
+
+def test_operator_notifications_and_llm_command_forms_are_accepted() -> None:
+    policy = policy_from_mapping({"operator": {
+        "notify_command": ["notify-send", "metawsm"], "notify_timeout_seconds": 0.5,
+        "webhook_url": "http://127.0.0.1:9/hook", "webhook_attempts": 1, "webhook_timeout_seconds": 0.2,
+        "llm": {"mode": " AUTO ", "command": ["python3", "adviser.py"]}}})
+    assert policy.operator.notify_command == ["notify-send", "metawsm"]
+    assert policy.operator.webhook_url == "http://127.0.0.1:9/hook"
+    assert policy.operator.llm.command == ["python3", "adviser.py"]
+    assert policy_from_mapping({"operator": {"llm": {"command": "codex --profile ops"}}}).operator.llm.command \
+        == "codex --profile ops"
+    assert policy_from_mapping({"operator": {"webhook_url": "https://hooks.test/x"}}).operator.webhook_url
+
+
+def test_operator_llm_is_off_unless_asked_for() -> None:
+    assert default_policy().operator.llm.mode == "off"
+    assert policy_from_mapping({"operator": {"llm": {"mode": "assist"}}}).operator.llm.mode == "assist"

@@ -3,6 +3,7 @@ typed and validated; what an edit changes and when it applies; the codex runner'
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -88,7 +89,10 @@ def write_json(path: Path, data: Any) -> Path:
 
 
 def test_the_go_versions_default_policy_is_our_default_policy() -> None:
-    assert policy_from_mapping(GO_DEFAULTS) == default_policy()
+    # One default differs on purpose: the LLM assistant is off unless asked for (docs/operator.md).
+    ours = copy.deepcopy(GO_DEFAULTS)
+    ours["operator"]["llm"]["mode"] = "off"
+    assert policy_from_mapping(ours) == default_policy()
 
 
 def test_the_fixture_sets_every_field_of_the_go_schema() -> None:
@@ -155,7 +159,7 @@ def test_a_file_with_every_field_written_out_names_every_inert_field(tmp_path: P
         ({"git_pr": {}}, []),
         ({"git_pr": {"mode": "off", "default_labels": ["x"], "branch_template": "t/{ticket}"}},
          ["git_pr.branch_template"]),
-        ({"operator": {"restart_budget": 2, "llm": {"model": "m"}}}, ["operator.llm.model"]),
+        ({"operator": {"restart_budget": 2, "llm": {"model": "m", "max_tokens": 9}}}, ["operator.llm.max_tokens"]),
         ({"docs": {"api": {"workspace_endpoints": None}}}, ["docs.api.workspace_endpoints"]),
         # Two profiles with skills: the field is named once.
         ({"agent_profiles": [{"name": "a", "skills": []}, {"name": "b", "skills": ["x"]}]},
@@ -210,7 +214,8 @@ def test_a_go_field_with_a_bad_value_stops_serve_like_any_other(tmp_path: Path) 
     ("git_pr.review_feedback.mode", "no_effect"),
     ("docs.api.workspace_endpoints[0].name", "no_effect"),
     ("agent_profiles[1].skills", "no_effect"),
-    ("operator.llm.model", "no_effect"),
+    ("operator.llm.model", "next_run"),
+    ("operator.llm.max_tokens", "no_effect"),
 ])
 def test_a_change_applies_to_the_next_run_after_a_restart_or_never(field: str, applies: str) -> None:
     assert change_applies(field) == applies

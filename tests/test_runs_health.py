@@ -15,6 +15,7 @@ from metawsm.runs.health import (
     Observation,
     RestartBudget,
     Thresholds,
+    next_poll_delay,
     raw_health,
     worse,
 )
@@ -246,3 +247,31 @@ def test_restart_budget_restored_state() -> None:
     assert budget.left == 1
     assert budget.decision(T0 + 10)[0] is False
     assert budget.decision(T0 + 60) == (True, "restart 3 of 3")
+
+
+def test_quiet_agents_are_polled_less_often_but_never_past_a_threshold() -> None:
+    t = Thresholds(poll_seconds=2, quiet_poll_seconds=10, idle_seconds=300, activity_stalled_seconds=900,
+                   progress_stalled_seconds=1200)
+    seen = Observation(at=1000.0, last_activity=990.0, last_progress=990.0)
+    # Something new: the normal pace; then doubling while quiet, up to quiet_poll_seconds.
+    assert [next_poll_delay(t, quiet, seen, started_at=0.0) for quiet in range(5)] == [2, 4, 8, 10, 10]
+    # Idle is crossed at 990 + 300 = 1290: a poll at 1288 may not wait 10 s.
+    near_idle = Observation(at=1288.0, last_activity=990.0, last_progress=1280.0)
+    assert next_poll_delay(t, 4, near_idle, started_at=0.0) == 2.0
+    almost = Observation(at=1284.0, last_activity=990.0, last_progress=1280.0)
+    assert next_poll_delay(t, 4, almost, started_at=0.0) == 6.0
+    # A threshold already crossed does not hold the pace down.
+    idle = Observation(at=1300.0, last_activity=990.0, last_progress=1295.0)
+    assert next_poll_delay(t, 4, idle, started_at=0.0) == 10.0
+    # quiet_poll_seconds below poll_seconds (never valid in a policy) still never polls faster.
+    fast = Thresholds(poll_seconds=2, quiet_poll_seconds=1)
+    assert next_poll_delay(fast, 3, seen, started_at=0.0) == 2
+
+
+def test_a_tracker_is_settled_only_when_no_demotion_waits_for_confirmation() -> None:
+    tracker = HealthTracker(Thresholds(unhealthy_confirmations=2), started_at=0.0)
+    assert tracker.settled
+    tracker.observe(Observation(at=1.0, session_exists=False))
+    assert not tracker.settled and tracker.health == HEALTHY
+    tracker.observe(Observation(at=2.0, session_exists=False))
+    assert tracker.settled and tracker.health == DEAD

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from metawsm.runs.pane_board import PaneBoard
 from metawsm.runs.tmux import PaneInfo, Tmux, TmuxError, sanitize_session_name, session_name
 from metawsm.waiting import wait_until
 
@@ -232,3 +233,25 @@ def test_a_path_in_env_is_the_panes_path_and_finds_its_program(tmux: Tmux, tmp_p
     path = f"{second}:/usr/bin:/bin"
     tmux.respawn("greeter", ["greet", "again"], {"PATH": path})
     wait_until(lambda: _log_contains(log, f"second again PATH={path}\n"), message="respawn uses the new PATH")
+
+
+def test_one_listing_answers_every_session_and_a_new_session_is_asked_directly(tmux: Tmux, tmp_path: Path) -> None:
+    assert tmux.panes() == {}  # no server yet
+    first = tmux.new_session("a-one", tmp_path, ["sleep", "60"], {}, tmp_path / "one.log")
+    second = tmux.new_session("a-two", tmp_path, ["sh", "-c", "exit 3"], {}, tmp_path / "two.log")
+    wait_until(lambda: tmux.pane_info("a-two").pane_dead, message="the second pane to die")
+    board = PaneBoard(tmux, max_age=60.0)
+    assert board.pane_info("a-one").pane_pid == first.pane_pid
+    dead = board.pane_info("a-two")
+    assert dead.pane_dead and dead.dead_status == 3 and dead.pane_pid == second.pane_pid
+    assert board.listings == 1  # both answered from one list-panes
+
+    # Started after the listing: not in it, so asked about directly (never reported as gone).
+    third = tmux.new_session("a-three", tmp_path, ["sleep", "60"], {}, tmp_path / "three.log")
+    assert board.pane_info("a-three").pane_pid == third.pane_pid and board.listings == 1
+    # A listing is reused for at most max_age (agents use at most 1 s): a killed session shows at
+    # the next listing, and asked about directly once it is missing from it.
+    tmux.kill_session("a-one")
+    board.invalidate()
+    assert board.pane_info("a-one").session_exists is False and board.listings == 2
+    assert board.pane_info("a-three").session_exists and board.listings == 2

@@ -165,6 +165,19 @@ class ManagedActor(pykka.ThreadingActor):
 
         self.system.scheduler.every(seconds, tick)
 
+    def tell_self_later(self, seconds: float, message: Any) -> None:
+        """Tell this incarnation ``message`` once, after ``seconds`` (dropped if it has died):
+        the building block of timers that pick their next delay themselves."""
+        ref = self.actor_ref
+
+        def fire() -> None:
+            try:
+                ref.tell(message)
+            except pykka.ActorDeadError:
+                pass
+
+        self.system.scheduler.call_later(seconds, fire)
+
     # -- Pykka hooks ----------------------------------------------------------------------
 
     def on_start(self) -> None:

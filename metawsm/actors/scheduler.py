@@ -1,7 +1,9 @@
 """One timer thread for the whole actor system (backoff restarts and safety sweeps).
 
-``threading.Timer`` would cost a thread per delay; sweeps fire every second for every
-supervisor and pipeline actor, so a single heap-driven thread is cheaper and easier to stop.
+``threading.Timer`` would cost a thread per delay; a single heap-driven thread that sleeps
+until the next deadline is cheaper and easier to stop.  At rest nothing should wake up that
+has nothing to do: a safety sweep that keeps finding nothing slows down (:class:`IdleBackoff`,
+:class:`PacedTick`) and speeds up again as soon as it finds work or is poked.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +32,12 @@ class Scheduler:
         with self._cond:
             if self._stopped:
                 return
-            heapq.heappush(self._heap, (time.monotonic() + max(0.0, delay), next(self._counter), callback))
-            self._cond.notify()
+            entry = (time.monotonic() + max(0.0, delay), next(self._counter), callback)
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:
+                # Only an earlier deadline changes how long the timer thread sleeps: a later
+                # one (a sweep re-arming itself, say) need not wake it.
+                self._cond.notify()
 
     def every(self, interval: float, callback: Callable[[], bool | None]) -> None:
         """Call ``callback`` every ``interval`` seconds until it returns ``False``."""
@@ -62,3 +69,65 @@ class Scheduler:
                 callback()
             except Exception:  # a scheduled tell to a dead actor must not kill the timer thread
                 log.debug("scheduled callback failed", exc_info=True)
+
+
+class IdleBackoff:
+    """The delay before the next run of a periodic job: ``base`` after a run that found work,
+    doubling after each run that found nothing, up to ``ceiling``."""
+
+    def __init__(self, base: float, ceiling: float) -> None:
+        if base <= 0 or ceiling < base:
+            raise ValueError(f"need 0 < base <= ceiling, got {base}, {ceiling}")
+        self.base = base
+        self.ceiling = ceiling
+        self.current = base
+
+    def next(self, active: bool) -> float:
+        self.current = self.base if active else min(self.current * 2, self.ceiling)
+        return self.current
+
+    def reset(self) -> None:
+        self.current = self.base
+
+
+class PacedTick:
+    """One periodic job of an actor, paced by an :class:`IdleBackoff`.
+
+    ``arm(delay, token)`` schedules one tick carrying ``token`` (typically
+    ``tell_self_later(delay, _Sweep(token))``); the actor runs the job only for the
+    :meth:`current` token, then calls :meth:`done` with whether the run found work, which arms
+    the next tick.  :meth:`poke` (something happened) brings a far tick back within ``base``:
+    it arms a new token, so the one already scheduled is ignored when it comes.  Used on the
+    actor's own thread only.
+    """
+
+    def __init__(self, base: float, ceiling: float, arm: Callable[[float, int], Any]) -> None:
+        self.backoff = IdleBackoff(base, ceiling)
+        self._arm = arm
+        self.token = 0
+        self.due_at = float("inf")
+
+    def start(self, delay: float | None = None) -> None:
+        self._schedule(self.backoff.base if delay is None else delay)
+
+    def current(self, token: int) -> bool:
+        return token == self.token
+
+    def done(self, active: bool) -> float:
+        delay = self.backoff.next(active)
+        self._schedule(delay)
+        return delay
+
+    def poke(self) -> None:
+        self.backoff.reset()
+        if self.due_at - time.monotonic() > self.backoff.base:
+            self._schedule(self.backoff.base)
+
+    @property
+    def interval(self) -> float:
+        return self.backoff.current
+
+    def _schedule(self, delay: float) -> None:
+        self.token += 1
+        self.due_at = time.monotonic() + delay
+        self._arm(delay, self.token)

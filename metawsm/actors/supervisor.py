@@ -44,18 +44,33 @@ from metawsm.actors.messages import (
     SweepChildren,
 )
 from metawsm.actors.node import ActorNode
+from metawsm.actors.scheduler import PacedTick
 from metawsm.actors.stats import ActorStats
 from metawsm.clock import now_text
 
 log = logging.getLogger("metawsm.supervision")
 
+
+
+class _SweepTick(msgspec.Struct, frozen=True):
+    """The safety sweep's own timer; ticks of a superseded ``token`` are ignored."""
+
+    token: int
+
+
 # The mailbox of every supervisor (subclasses add their own messages in front of it).
 # Tells: ChildExited (a child's exit report), RestartChildren (a backoff delay elapsed),
-# SweepChildren (the periodic safety sweep).  Requests: StartChild -> the child's path
-# (Refusal "conflict" / "start_failed"), StopChild -> True, or False when there was no such child.
-SupervisorMessage = ChildExited | RestartChildren | SweepChildren | StartChild | StopChild
+# SweepChildren (a sweep now, from outside), _SweepTick (the paced safety sweep).  Requests:
+# StartChild -> the child's path (Refusal "conflict" / "start_failed"), StopChild -> True, or
+# False when there was no such child.
+SupervisorMessage = ChildExited | RestartChildren | SweepChildren | _SweepTick | StartChild | StopChild
 
+# The safety sweep runs a second after anything happened to a child, then backs off (doubling)
+# while it keeps finding every child as it was, up to SWEEP_IDLE_MAX_SECONDS: a supervisor at
+# rest wakes up a few times a minute instead of every second.  Only a death that bypassed every
+# report (the thread gone, no ChildExited) waits for it.
 SWEEP_SECONDS = 1.0
+SWEEP_IDLE_MAX_SECONDS = 8.0
 START_TIMEOUT_SECONDS = 30.0
 
 
@@ -151,6 +166,7 @@ def node_for(name: str, path: str, kind: str, state: str, stats: ActorStats) -> 
 
 class Supervisor(ManagedActor):
     kind: ClassVar[str] = "supervisor"
+    _child_events: int = 0  # child exits, restarts, starts and stops since the last sweep
 
     def __init__(
         self,
@@ -175,10 +191,13 @@ class Supervisor(ManagedActor):
 
     def setup(self) -> None:
         self.ctx.stats.children = self.child_nodes
+        self._child_events = 0  # child exits, restarts, starts and stops since the last sweep
         for spec in self._initial_specs:
             slot = self._add_slot(spec)
             self._start_slot(slot)
-        self.tell_self_every(SWEEP_SECONDS, SweepChildren())
+        self._sweeper = PacedTick(SWEEP_SECONDS, SWEEP_IDLE_MAX_SECONDS,
+                                  lambda delay, token: self.tell_self_later(delay, _SweepTick(token)))
+        self._sweeper.start()
 
     def teardown(self) -> None:
         # reverse start order: a child may rely on those started before it until it is gone
@@ -197,11 +216,18 @@ class Supervisor(ManagedActor):
     def handle(self, message: Any) -> Any:
         match message:
             case ChildExited():
+                self._child_events += 1
                 self._on_child_exited(message)
             case RestartChildren(child_ids=child_ids, token=token):
+                self._child_events += 1
                 self._start_group([s for s in self._slots if s.spec.id in child_ids and s.restart_token == token])
             case SweepChildren():
                 self._sweep()
+            case _SweepTick(token=token):
+                if self._sweeper.current(token):
+                    events, self._child_events = self._child_events, 0
+                    suspicious = self._sweep()
+                    self._sweeper.done(active=bool(events or suspicious))
             case StartChild(spec=spec):
                 return self.start_child(spec)
             case StopChild(child_id=child_id):
@@ -230,6 +256,7 @@ class Supervisor(ManagedActor):
         """
         if any(s.spec.id == spec.id for s in self._slots):
             raise Refusal(f"child {spec.id} already exists under {self.path}", code="conflict")
+        self._child_events += 1
         slot = self._add_slot(spec)
         try:
             self._start_slot(slot)
@@ -347,9 +374,12 @@ class Supervisor(ManagedActor):
         slot.state = "failed"
         raise SupervisorGaveUp(reason)
 
-    def _sweep(self) -> None:
+    def _sweep(self) -> int:
+        """Report children found dead without a report; how many children were not alive."""
+        suspicious = 0
         for slot in list(self._slots):
             if slot.state == "running" and slot.ref is not None and not slot.ref.is_alive():
+                suspicious += 1
                 thread = slot.stats.thread
                 if thread is not None and thread.is_alive():
                     continue  # still in teardown; its own exit report is on the way
@@ -366,6 +396,7 @@ class Supervisor(ManagedActor):
                         ),
                     )
                 )
+        return suspicious
 
     # -- slot helpers ---------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from metawsm.api import (
     stream,
     system_routes,
     web_routes,
+    workspace_routes,
 )
 from metawsm.api.auth import AUTH, AuthSettings, authenticate
 from metawsm.api.codec import MAX_BODY_BYTES
@@ -44,6 +45,7 @@ def route_table() -> RouteTable:
     table.extend(operator_routes.routes())
     table.extend(auth_routes.routes())
     table.extend(web_routes.routes())
+    table.extend(workspace_routes.routes())
     table.extend(mcp_http.routes())
     return table
 

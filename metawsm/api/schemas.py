@@ -20,6 +20,7 @@ from metawsm.forum.views import (
     StatsRow,
     ThreadView,
 )
+from metawsm.operator.model import Decision
 from metawsm.runs.model import RunSnapshot
 from metawsm.runs.snapshot import AgentStatus
 
@@ -277,28 +278,8 @@ class HealthResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     actors: ActorSummary | None = None
 
 
-class OperatorDecisionsQuery(_Query, kw_only=True):
-    run_id: str | None = None
-
-
-class OperatorDecision(msgspec.Struct, kw_only=True):
-    """One decision of the operator (docs/operator.md); ``cause`` names what it answered."""
-
-    id: int
-    run_id: str
-    intent: str
-    reason: str
-    cause: str
-    source: str
-    executed: bool
-    at: str
-    thread_id: str = ""
-    ticket: str = ""
-    agent_name: str = ""
-
-
-class OperatorDecisionsResponse(msgspec.Struct, kw_only=True):
-    decisions: list[OperatorDecision]
+# One decision of the operator (docs/operator.md): the stored record, as clients get it.
+OperatorDecision = Decision
 
 
 class StreamEventsFrame(msgspec.Struct, kw_only=True, tag="forum.events", tag_field="type"):
@@ -310,6 +291,12 @@ class StreamEventsFrame(msgspec.Struct, kw_only=True, tag="forum.events", tag_fi
 class StreamHeartbeatFrame(msgspec.Struct, kw_only=True, tag="heartbeat", tag_field="type"):
     next_cursor: int
     sent_at: str
+
+
+class StreamOperatorDecisionFrame(msgspec.Struct, kw_only=True, tag="operator.decision", tag_field="type"):
+    """Sent to live stream clients whose filters match the decision's run (docs/operator.md)."""
+
+    decision: Decision
 
 
 class StreamErrorFrame(msgspec.Struct, kw_only=True, tag="error", tag_field="type"):

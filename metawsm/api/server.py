@@ -72,6 +72,7 @@ async def serve_forever(daemon: Daemon, address: Address, fault_injection: bool,
     ctx.extra["stream_pending"] = lambda: debug_bus.pending_count(topics)
     await hub.start()
     services.sinks.add(hub)
+    services.decisions.add(hub.decision_made)
     api = services.policy.api
     exposure = Exposure.build(address.host, address.port, api.allowed_hosts, api.allowed_origins)
     app = build_app(ctx, exposure, token_file=token_file)
@@ -83,6 +84,7 @@ async def serve_forever(daemon: Daemon, address: Address, fault_injection: bool,
     except OSError as error:
         await runner.cleanup()
         services.sinks.remove(hub)
+        services.decisions.remove(hub.decision_made)
         forum.close()
         runs.close()
         debug_bus.close()
@@ -121,6 +123,7 @@ async def serve_forever(daemon: Daemon, address: Address, fault_injection: bool,
         loop.remove_signal_handler(signum)
     await hub.stop()
     services.sinks.remove(hub)
+    services.decisions.remove(hub.decision_made)
     await runner.cleanup()
     await loop.run_in_executor(None, daemon.stop)
     forum.close()

@@ -46,11 +46,15 @@ from metawsm.api.schemas import StreamQuery
 from metawsm.clock import now_text
 from metawsm.forum.messages import EventMessage
 from metawsm.forum.views import EventView
+from metawsm.operator.model import Decision
 
 log = logging.getLogger("metawsm.api")
 
 MAX_FRAMES_BEHIND = 1000
 FILL_CHECK_SECONDS = 1.0
+# With no client connected, a missed notification harms nobody until one connects (and its
+# catch-up reads SQLite anyway): the hub checks the checkpoint this rarely meanwhile.
+FILL_CHECK_IDLE_SECONDS = 30.0
 PROTOCOL_PING_SECONDS = 20.0
 SEND_BUFFER_BYTES = 64 * 1024
 CLOSE_TIMEOUT_SECONDS = 2.0
@@ -239,6 +243,23 @@ class StreamHub:
     def commands_decided(self, outcomes: list[Any]) -> None:
         pass
 
+    # DecisionListener (called on the operator's thread)
+    def decision_made(self, decision: Decision) -> None:
+        frame = _encoder.encode({"type": "operator.decision", "decision": decision})
+        try:
+            self.loop.call_soon_threadsafe(self._dispatch_decision, decision.run_id, decision.tickets, frame)
+        except RuntimeError:
+            pass  # the loop is closed: shutting down
+
+    def _dispatch_decision(self, run_id: str, tickets: list[str], frame: bytes) -> None:
+        """Live clients whose filters match get the frame; one catching up reads decisions from the API."""
+        for client in list(self.clients):
+            if not client.live or client.overflowed:
+                continue
+            wanted_run = client.run_id is None or client.run_id == run_id
+            if wanted_run and (client.ticket is None or client.ticket in tickets):
+                client.push(frame)
+
     def _enqueue(self, events: list[EventMessage]) -> None:
         self._inbox.append(events)
         self._wake.set()
@@ -246,7 +267,8 @@ class StreamHub:
     async def _dispatch_loop(self) -> None:
         while not self._closing:
             try:
-                await asyncio.wait_for(self._wake.wait(), FILL_CHECK_SECONDS)
+                check = FILL_CHECK_SECONDS if self.clients else FILL_CHECK_IDLE_SECONDS
+                await asyncio.wait_for(self._wake.wait(), check)
             except TimeoutError:
                 await self._fill_to_checkpoint()
                 continue
@@ -391,12 +413,27 @@ class StreamHub:
         (instead of a timer per client and frame)."""
         tick = max(0.05, min(1.0, self.heartbeat_seconds / 4))
         while not self._closing:
-            await asyncio.sleep(tick)
+            await asyncio.sleep(self._next_heartbeat_check(tick))
             due = self.loop.time() - self.heartbeat_seconds
             for client in list(self.clients):
                 if (client.sender_running and not client.overflowed and client.last_frame_at <= due
                         and not client.frames and not client.sending_since):
                     client.push(_heartbeat_frame(client.cursor))
+
+    def _next_heartbeat_check(self, tick: float) -> float:
+        """Seconds until a client may be due a heartbeat: the earliest ``last_frame_at +
+        heartbeat_seconds`` of the clients that could get one now (``tick`` for one that is busy
+        sending), at most half a heartbeat period, so a client connecting meanwhile is not missed.
+        With no client at all the hub sleeps that half period instead of ticking."""
+        now = self.loop.time()
+        longest = max(tick, self.heartbeat_seconds / 2)
+        delay = longest
+        for client in self.clients:
+            if client.sender_running and not client.overflowed and not client.frames and not client.sending_since:
+                delay = min(delay, client.last_frame_at + self.heartbeat_seconds - now)
+            else:
+                delay = min(delay, tick)
+        return max(0.05, delay)
 
 
 def _bound_send_buffer(transport: Any) -> None:

@@ -18,7 +18,17 @@ def cli() -> None:
 
 def _register_commands() -> None:
     # Each module owns one command family and adds itself to ``cli``.
-    from metawsm.cli import auth_cmd, forum_cmd, health_cmd, mcp_cmd, operator_cmd, policy_cmd, runs_cmd, serve_cmd  # noqa: F401 - importing registers the commands
+    from metawsm.cli import (  # noqa: F401 - importing registers the commands
+        auth_cmd,
+        forum_cmd,
+        health_cmd,
+        mcp_cmd,
+        operator_cmd,
+        policy_cmd,
+        runs_cmd,
+        serve_cmd,
+        watch_cmd,
+    )
 
 
 _register_commands()

@@ -264,6 +264,25 @@ def status(run_id: str, ticket: str, server: str, as_json: bool) -> None:
         print_json(response)
         return
     print_run(response.data["run"])
+    _print_operator(client, run_id)
+
+
+OPERATOR_SHOWN = 5  # the latest decisions `status` shows
+
+
+def _print_operator(client: DaemonClient, run_id: str) -> None:
+    """The Operator section: the run's latest decisions (docs/operator.md), when there are any."""
+    try:
+        decisions = client.get("/api/v1/operator/decisions", {"run_id": run_id}).data.get("decisions", [])
+    except ApiFailure:  # an agent's token may not read them (operator access): no section
+        return
+    if not decisions:
+        return
+    p = _printer()
+    p.line()
+    p.line("operator:")
+    for d in decisions[-OPERATOR_SHOWN:]:
+        p.line(f"  {p.time(d.get('at'))}  {d.get('intent', '')}  {d.get('reason', '')}")
 
 
 def choose_agent(snapshot: dict[str, Any], ticket: str, agent: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,6 +14,9 @@ from metawsm.cli.main import cli
 from metawsm.defaults import DEFAULT_DB_PATH, DEFAULT_POLICY_PATH
 
 EMPTY_URL_RULE = "forum.redis.url cannot be empty"
+# METAWSM_EVENT_LOOP=uvloop runs the API's event loop on uvloop when it is installed (it is not a
+# dependency: docs/performance.md has what it changes); anything else, or uvloop missing, asyncio's.
+EVENT_LOOP_ENV = "METAWSM_EVENT_LOOP"
 
 
 def _configure_logging(debug: bool) -> None:
@@ -41,6 +45,20 @@ class _MalformedRequestFilter(logging.Filter):
             record.msg, record.args = "rejected a malformed HTTP request: %s", (" ".join(str(error.message).split()),)
             record.exc_info = record.exc_text = None
         return True
+
+
+def _loop_factory() -> Any:
+    """The event loop factory for serve: uvloop's when asked for and installed, else None (asyncio)."""
+    if os.environ.get(EVENT_LOOP_ENV, "").strip().lower() != "uvloop":
+        return None
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]  # optional: not a dependency, may be absent
+    except ImportError:
+        logging.getLogger("metawsm.serve").warning("%s=uvloop but uvloop is not installed; using asyncio",
+                                                   EVENT_LOOP_ENV)
+        return None
+    logging.getLogger("metawsm.serve").info("event loop: uvloop %s", getattr(uvloop, "__version__", "?"))
+    return uvloop.new_event_loop
 
 
 def _operator_token(db_path: str) -> tuple[str, Path | None]:
@@ -148,9 +166,10 @@ def serve(addr: str, db_path: str, policy_path: str, redis_url: str | None, no_a
     if daemon.services is not None:
         daemon.services.policy_watch.note_startup(loaded)  # so a reload does not warn about them again
     try:
-        code = asyncio.run(serve_forever(daemon, address, debug or policy.debug.fault_injection,
-                                         token_file=str(token_path or ""),
-                                         on_listening=lambda: _announce_login(address.url, operator_token, no_auth)))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            code = runner.run(serve_forever(daemon, address, debug or policy.debug.fault_injection,
+                                            token_file=str(token_path or ""),
+                                            on_listening=lambda: _announce_login(address.url, operator_token, no_auth)))
     except StartupFailed as error:
         daemon.stop()
         click.echo(f"error: {error}", err=True)

@@ -194,6 +194,11 @@ def _ahead(path: Path, base: str) -> int:
     return int(text) if result.returncode == 0 and text.isdigit() else 0
 
 
+def commits_ahead(path: Path, base: str) -> int:
+    """Commits on the checkout's branch that ``base`` lacks (0 when git cannot tell)."""
+    return _ahead(path, base)
+
+
 def _head(path: Path) -> str:
     return run_git(["-C", str(path), "rev-parse", "HEAD"], what=f"git rev-parse HEAD in {path}").stdout.strip()
 

@@ -54,6 +54,7 @@ class Thresholds(msgspec.Struct, frozen=True, kw_only=True):
     """The health and restart knobs of the policy, flattened (seconds unless noted)."""
 
     poll_seconds: float = 2
+    quiet_poll_seconds: float = 10
     idle_seconds: float = 300
     activity_stalled_seconds: float = 900
     progress_stalled_seconds: float = 1200
@@ -68,6 +69,7 @@ class Thresholds(msgspec.Struct, frozen=True, kw_only=True):
         h, o = policy.health, policy.operator
         return cls(
             poll_seconds=h.poll_seconds,
+            quiet_poll_seconds=h.quiet_poll_seconds,
             idle_seconds=h.idle_seconds,
             activity_stalled_seconds=h.activity_stalled_seconds,
             progress_stalled_seconds=h.progress_stalled_seconds,
@@ -125,6 +127,26 @@ def raw_health(obs: Observation, thresholds: Thresholds, started_at: float) -> s
     return HEALTHY
 
 
+def next_poll_delay(thresholds: Thresholds, quiet_polls: int, obs: Observation, started_at: float) -> float:
+    """How long an agent may go unpolled after ``obs``, when ``quiet_polls`` polls in a row saw nothing new.
+
+    ``poll_seconds`` after anything new (``quiet_polls`` 0), then doubling up to
+    ``quiet_poll_seconds``; but never past the moment the agent's silence would cross its idle or
+    stalled threshold, so a quiet agent's health still changes on time.
+    """
+    base = thresholds.poll_seconds
+    if quiet_polls <= 0:
+        return base
+    delay = min(base * 2 ** min(quiet_polls, 30), max(base, thresholds.quiet_poll_seconds))
+    activity = max(started_at, obs.last_activity if obs.last_activity is not None else started_at)
+    progress = max(started_at, obs.last_progress if obs.last_progress is not None else started_at)
+    for crossing in (activity + thresholds.idle_seconds, activity + thresholds.activity_stalled_seconds,
+                     progress + thresholds.progress_stalled_seconds):
+        if crossing > obs.at:
+            delay = min(delay, max(base, crossing - obs.at))
+    return delay
+
+
 class HealthTracker:
     """Reported health with hysteresis, one per agent.
 
@@ -153,6 +175,11 @@ class HealthTracker:
     @property
     def confirmations(self) -> int:
         return max(1, int(self.thresholds.unhealthy_confirmations))
+
+    @property
+    def settled(self) -> bool:
+        """No demotion is waiting for confirmation (the last reading agreed with the reported health)."""
+        return not self._streak
 
     def restarted(self, at: float) -> None:
         """The agent was (re)started at ``at``: thresholds count from there again."""

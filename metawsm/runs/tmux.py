@@ -286,6 +286,27 @@ class Tmux:
             return False
         raise self._fail(result, f"has-session {name}")
 
+    def panes(self) -> dict[str, PaneInfo]:
+        """Every session's first pane, in one ``list-panes -a`` (empty when no server runs).
+
+        Panes whose pty closed before tmux collected their exit status are left out: asking
+        :meth:`pane_info` for them nudges the server and reads them exactly.
+        """
+        result = self._exec(["list-panes", "-a", "-F", _PANE_FORMAT])
+        if result.returncode != 0:
+            if _is_missing(result.stderr):
+                return {}
+            raise self._fail(result, "list-panes -a")
+        found: dict[str, PaneInfo] = {}
+        for line in result.stdout.splitlines():
+            name = line.split("\t", 1)[0]
+            if name in found:
+                continue
+            pane = _parse_pane(name, line)
+            if not pane.unreaped:
+                found[name] = pane.info
+        return found
+
     def pane_info(self, name: str) -> PaneInfo:
         """Pid, dead flag, exit status and window activity; ``session_exists=False`` if gone.
 

@@ -56,6 +56,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "doc sync errors", schema_delivery.apply_doc_sync_errors),
     Migration(9, "run review feedback", schema_delivery.apply_review_feedback),
     Migration(10, "operator decisions", schema_operator.apply),
+    Migration(11, "operator decision context", schema_operator.apply_context),
 )
 
 

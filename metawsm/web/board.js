@@ -4,12 +4,14 @@
 // updated in place (keyed by thread id), so an answer being typed is never lost.
 
 import { get, post, threadPath } from "./api.js";
+import { sendGuidanceAnswer } from "./control.js";
 import { debounce, h, keepFocus, option, timeEl, uid } from "./dom.js";
 import { GROUPS, PRIORITIES, STATES, groupOf, isControl, stateLabel, threadType } from "./forum.js";
 import { actor, viewerName, viewerQuery } from "./viewer.js";
 
 // Kept for the whole page life: going to a thread and back keeps the filters.
-const filters = { ticket: "", run_id: "", state: "", type: "", priority: "", query: "" };
+const filters = { ticket: "", run_id: "", agent: "", state: "", type: "", priority: "", query: "" };
+const RUN_FAST_MS = [150, 500, 1000, 2000, 3000]; // re-read run statuses after a control signal
 let queue = "all";
 const REFRESH_DELAY_MS = 40;
 const PAGE_LIMIT = 200;
@@ -22,11 +24,14 @@ export function mountBoard(root, { live }) {
   let again = false;
   let flashNext = false; // highlight cards that arrive through the stream (not after a filter change)
   let generation = 0;
+  let excerpts = new Map(); // thread id → latest post / pending question (GET /api/v1/ui/excerpts)
+  let runStatuses = new Map(); // run id → status (control thread cards show it)
 
   // -- filters --------------------------------------------------------------------------------
   const field = (id, label, control) => h("div", { class: "field" }, h("label", { for: id }, label), control);
   const ticketIn = h("input", { id: "f-ticket", name: "ticket", type: "text", value: filters.ticket, autocomplete: "off", spellcheck: "false" });
   const runIn = h("input", { id: "f-run", name: "run_id", type: "text", value: filters.run_id, autocomplete: "off", spellcheck: "false" });
+  const agentIn = h("input", { id: "f-agent", name: "agent", type: "text", value: filters.agent, autocomplete: "off", spellcheck: "false" });
   const stateSel = h("select", { id: "f-state", name: "state" }, option("", "any"), STATES.map((s) => option(s, stateLabel(s), filters.state === s)));
   const typeSel = h("select", { id: "f-type", name: "type" }, option("", "any"),
     option("question", "questions", filters.type === "question"), option("control", "control threads", filters.type === "control"));
@@ -37,27 +42,28 @@ export function mountBoard(root, { live }) {
     field("f-query", "Search", searchIn),
     field("f-ticket", "Ticket", ticketIn),
     field("f-run", "Run", runIn),
+    field("f-agent", "Agent", agentIn),
     field("f-state", "State", stateSel),
     field("f-type", "Type", typeSel),
     field("f-priority", "Priority", prioritySel),
     h("div", { class: "field field-buttons" }, h("button", { type: "submit" }, "Apply"), clearBtn),
   );
   const typed = debounce(readFilters, 300);
-  for (const input of [ticketIn, runIn, searchIn]) input.addEventListener("input", typed);
+  for (const input of [ticketIn, runIn, agentIn, searchIn]) input.addEventListener("input", typed);
   for (const select of [stateSel, typeSel, prioritySel]) select.addEventListener("change", readFilters);
 
   function readFilters() {
     typed.cancel();
     Object.assign(filters, {
-      ticket: ticketIn.value.trim(), run_id: runIn.value.trim(), state: stateSel.value,
+      ticket: ticketIn.value.trim(), run_id: runIn.value.trim(), agent: agentIn.value.trim(), state: stateSel.value,
       type: typeSel.value, priority: prioritySel.value, query: searchIn.value.trim(),
     });
     reload();
   }
 
   function clearFilters() {
-    Object.assign(filters, { ticket: "", run_id: "", state: "", type: "", priority: "", query: "" });
-    ticketIn.value = runIn.value = searchIn.value = "";
+    Object.assign(filters, { ticket: "", run_id: "", agent: "", state: "", type: "", priority: "", query: "" });
+    ticketIn.value = runIn.value = agentIn.value = searchIn.value = "";
     stateSel.value = typeSel.value = prioritySel.value = "";
     reload();
   }
@@ -65,7 +71,8 @@ export function mountBoard(root, { live }) {
   // -- queues ---------------------------------------------------------------------------------
   const queueButtons = {};
   const queueCounts = {};
-  const queueDefs = [["all", "All threads"], ["unanswered", "Unanswered"], ["unseen", "Unseen by me"]];
+  const queueDefs = [["all", "All threads"], ["unanswered", "Unanswered"], ["unseen", "Unseen by me"],
+    ["assigned", "Assigned to me"]];
   const queueBar = h("div", { class: "queues", role: "group", "aria-label": "Queue" },
     queueDefs.map(([key, label]) => {
       queueCounts[key] = h("span", { class: "count" });
@@ -105,7 +112,8 @@ export function mountBoard(root, { live }) {
     h("div", { class: "board" },
       h("h1", { class: "visually-hidden" }, "Board"),
       filterForm,
-      h("div", { class: "board-bar" }, queueBar, status),
+      h("div", { class: "board-bar" }, queueBar, status,
+        h("a", { href: "#/ask", class: "button-link" }, "Ask a question")),
       loadError,
       columns,
       closedDetails,
@@ -137,12 +145,62 @@ export function mountBoard(root, { live }) {
       // A search inside a queue: the search result carries the viewer's flags.
       if (queue === "unanswered") threads = threads.filter((t) => t.is_unanswered && t.state !== "closed");
       if (queue === "unseen") threads = threads.filter((t) => t.is_unseen && t.state !== "closed");
+      if (queue === "assigned") threads = threads.filter((t) => t.assignee_name === viewerName());
+    } else if (queue === "assigned") {
+      threads = (await get("/api/v1/forum/threads", { ...query, assignee: viewerName(), limit: 500 })).data.threads;
     } else if (queue !== "all") {
       threads = (await pages("/api/v1/forum/queues", { ...query, type: queue })).threads;
     } else {
       threads = (await get("/api/v1/forum/threads", { ...query, limit: 500 })).data.threads;
     }
     return threads;
+  }
+
+  async function fetchAssignedCount() {
+    const { data } = await get("/api/v1/forum/threads", { ...baseQuery(), assignee: viewerName(), limit: 500 });
+    return String(data.threads.filter((t) => t.state !== "closed").length);
+  }
+
+  // What a card shows of the conversation: the latest post, or the question an agent waits on.
+  async function fetchExcerpts() {
+    try {
+      const { data } = await get("/api/v1/ui/excerpts", { ticket: filters.ticket, run_id: filters.run_id, limit: 1000 });
+      return new Map((data.excerpts || []).map((e) => [e.thread_id, e]));
+    } catch (_) {
+      return excerpts; // keep what we had: the cards still work without excerpts
+    }
+  }
+
+  // The status of the runs control threads belong to (answering one resumes its run).
+  async function fetchRunStatuses() {
+    try {
+      const { data } = await get("/api/v1/runs");
+      return new Map((data.runs || []).map((r) => [r.run_id, r.status]));
+    } catch (_) {
+      return runStatuses;
+    }
+  }
+
+  async function refreshRunStatuses() {
+    if (destroyed) return;
+    const next = await fetchRunStatuses();
+    if (destroyed) return;
+    runStatuses = next;
+    for (const card of cards.values()) {
+      if (!isControl(card.thread)) continue;
+      const badge = card.li.querySelector('[data-field="run-status"]');
+      const value = runStatuses.get(card.thread.run_id) || "";
+      if (badge && badge.textContent !== value) {
+        badge.textContent = value;
+        badge.className = `badge run-status run-${value}`;
+      }
+    }
+  }
+
+  let runTimers = [];
+  function hurryRuns() {
+    for (const timer of runTimers) clearTimeout(timer);
+    runTimers = RUN_FAST_MS.map((ms) => setTimeout(refreshRunStatuses, ms));
   }
 
   async function fetchQueueCount(type) {
@@ -161,13 +219,17 @@ export function mountBoard(root, { live }) {
     const flash = flashNext;
     flashNext = false;
     try {
-      const [threads, unanswered, unseen] = await Promise.all([
-        fetchThreads(), fetchQueueCount("unanswered"), fetchQueueCount("unseen"),
+      const [threads, unanswered, unseen, assigned, found, statuses] = await Promise.all([
+        fetchThreads(), fetchQueueCount("unanswered"), fetchQueueCount("unseen"), fetchAssignedCount(),
+        fetchExcerpts(), fetchRunStatuses(),
       ]);
       if (destroyed || mine !== generation) return;
+      excerpts = found;
+      runStatuses = statuses;
       loadError.textContent = "";
       queueCounts.unanswered.textContent = `(${unanswered})`;
       queueCounts.unseen.textContent = `(${unseen})`;
+      queueCounts.assigned.textContent = `(${assigned})`;
       render(threads, flash);
     } catch (error) {
       if (!destroyed) loadError.textContent = `Could not load threads: ${error.message}`;
@@ -184,7 +246,8 @@ export function mountBoard(root, { live }) {
 
   // -- rendering ------------------------------------------------------------------------------
   function render(threads, flash = false) {
-    const shown = threads.filter((t) => !filters.type || threadType(t) === filters.type);
+    const shown = threads.filter((t) => (!filters.type || threadType(t) === filters.type)
+      && (!filters.agent || t.agent_name === filters.agent));
     const groups = { new: [], triaged: [], waiting: [], answered: [], closed: [] };
     for (const thread of shown) groups[groupOf(thread.state)].push(thread);
     const keep = new Set(shown.map((t) => t.thread_id));
@@ -215,7 +278,9 @@ export function mountBoard(root, { live }) {
   }
 
   function signature(t) {
-    return [t.state, t.priority, t.updated_at, t.posts_count, t.assignee_name, t.is_unseen, t.is_unanswered, t.last_event_sequence].join("|");
+    const e = excerpts.get(t.thread_id) || {};
+    return [t.state, t.priority, t.updated_at, t.posts_count, t.assignee_name, t.is_unseen, t.is_unanswered, t.last_event_sequence,
+      e.excerpt, e.pending_question, e.posted_at, runStatuses.get(t.run_id) || ""].join("|");
   }
 
   function ensureCard(thread, flash) {
@@ -240,12 +305,15 @@ export function mountBoard(root, { live }) {
     if (t.is_unanswered && t.state !== "closed") markers.push(h("span", { class: "marker marker-unanswered" }, "unanswered"));
     if (isControl(t)) markers.push(h("span", { class: "marker marker-control" }, "control"));
     const meta = (label, value) => value ? h("div", {}, h("dt", {}, label), h("dd", {}, value)) : null;
+    const runStatus = isControl(t) ? runStatuses.get(t.run_id) || "" : "";
     return h("div", { class: "card-body" },
       h("h3", {}, link),
       h("div", { class: "card-markers" },
         h("span", { class: `badge priority priority-${t.priority}` }, t.priority),
         h("span", { class: `badge state state-${t.state}` }, stateLabel(t.state)),
-        markers),
+        markers,
+        isControl(t) ? h("span", { class: `badge run-status run-${runStatus}`, "data-field": "run-status", title: "the run's status" }, runStatus) : null),
+      cardExcerpt(t),
       h("dl", { class: "meta card-meta" },
         meta("ticket", t.ticket),
         meta("run", t.run_id),
@@ -254,6 +322,21 @@ export function mountBoard(root, { live }) {
         meta("posts", String(t.posts_count)),
         meta("last activity", timeEl(t.updated_at || t.last_post_at))),
     );
+  }
+
+  function cardExcerpt(t) {
+    const e = excerpts.get(t.thread_id);
+    if (!e) return null;
+    if (e.pending_question) {
+      return h("div", { class: "card-excerpt card-question", "data-field": "question" },
+        h("p", {}, h("strong", {}, `${e.pending_agent || t.agent_name} asks: `), e.pending_question),
+        e.pending_context ? h("p", { class: "muted small" }, e.pending_context) : null,
+        h("p", { class: "muted small" }, "waiting for an answer · ", timeEl(e.pending_at)));
+    }
+    if (!e.excerpt) return null;
+    return h("div", { class: "card-excerpt", "data-field": "excerpt" },
+      h("p", {}, e.excerpt),
+      h("p", { class: "muted small" }, e.author_name ? `${e.author_name} (${e.author_type})` : e.author_type, " · ", timeEl(e.posted_at)));
   }
 
   function createCard(t) {
@@ -270,7 +353,7 @@ export function mountBoard(root, { live }) {
     card.send = h("button", { type: "submit" }, "Send answer");
     card.error = h("p", { class: "error", role: "alert" });
     card.form = h("form", { class: "answer-form", id: formId, hidden: true, onsubmit: (e) => { e.preventDefault(); sendAnswer(card); } },
-      h("label", { for: areaId }, `Your answer to “${t.title}”`),
+      h("label", { for: areaId }, isControl(t) ? `Your answer to ${t.agent_name}’s question` : `Your answer to “${t.title}”`),
       card.textarea,
       h("div", { class: "row" }, card.send,
         h("button", { type: "button", class: "secondary", onclick: () => closeForm(card, true) }, "Cancel")),
@@ -323,7 +406,12 @@ export function mountBoard(root, { live }) {
     card.send.disabled = true;
     card.form.setAttribute("aria-busy", "true");
     try {
-      const { status: code, data } = await post(threadPath(card.id, "answer"), { body: text, ...actor() });
+      const t = card.thread;
+      // A control thread's agent resumes on a guidance_answer signal, not on a forum answer.
+      const { status: code, data } = isControl(t)
+        ? await sendGuidanceAnswer({ runId: t.run_id, ticket: t.ticket, agentName: t.agent_name, answer: text })
+        : await post(threadPath(card.id, "answer"), { body: text, ...actor() });
+      if (isControl(t)) hurryRuns();
       card.textarea.value = "";
       closeForm(card);
       if (code === 202) {
@@ -352,9 +440,10 @@ export function mountBoard(root, { live }) {
   reload();
 
   return {
-    onEvents() {
+    onEvents(events) {
       flashNext = true;
       scheduleReload();
+      if (events.some((e) => (e.envelope?.event_type || e.payload_json?.type) === "forum.control.signal")) hurryRuns();
     },
     resync() { scheduleReload(); },
     reconnected() {
@@ -365,6 +454,7 @@ export function mountBoard(root, { live }) {
       destroyed = true;
       scheduleReload.cancel();
       typed.cancel();
+      for (const timer of runTimers) clearTimeout(timer);
     },
   };
 }

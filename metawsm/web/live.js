@@ -26,7 +26,7 @@ export class LiveStream {
     this.ws = null;
     this.attempt = 0;
     this.retryTimer = null;
-    this.handlers = { events: new Set(), status: new Set(), resync: new Set(), reconnected: new Set() };
+    this.handlers = { events: new Set(), status: new Set(), resync: new Set(), reconnected: new Set(), decision: new Set() };
   }
 
   on(kind, fn) {
@@ -135,6 +135,9 @@ export class LiveStream {
         this.eventsDelivered += fresh.length;
         this.emit("events", fresh);
       }
+    } else if (frame.type === "operator.decision") {
+      // The operator's decisions (docs/operator.md) ride the same socket; they carry no sequence.
+      if (frame.decision) this.emit("decision", frame.decision);
     } else if (frame.type === "heartbeat") {
       this.advance(frame.next_cursor);
     } else if (frame.type === "error") {

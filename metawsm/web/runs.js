@@ -13,9 +13,11 @@
 // Runs are rendered keyed by run id: a run's article, its answer boxes (with their drafts and
 // focus) and its opened actor subtree are the same DOM nodes from one read to the next.
 
-import { get, post } from "./api.js";
+import { get } from "./api.js";
+import { sendGuidanceAnswer } from "./control.js";
 import { h, keepFocus, timeEl, uid } from "./dom.js";
-import { viewerName } from "./viewer.js";
+import { mountStartForm } from "./runs_start.js";
+import { agentPane, changesPanel, decisionsPanel, pullRequests, runActions } from "./runs_detail.js";
 
 const POLL_MS = 2000;
 const FAST_MS = 250;
@@ -43,6 +45,7 @@ export function mountRuns(root, { live }) {
       h("button", { type: "button", class: "secondary", onclick: () => load(true) }, "Refresh")),
     h("div", { class: "runs-bar" }, status, checked), loadError, list);
   root.append(page);
+  page.insertBefore(mountStartForm({ onStarted: () => hurry() }), page.children[1]);
 
   function schedule() {
     clearTimeout(timer);
@@ -117,6 +120,11 @@ export function mountRuns(root, { live }) {
       card.body = h("div", { class: "actor-subtree" });
       card.details = h("details", { class: "actors" }, h("summary", {}, "Actor subtree"), card.body);
       card.details.addEventListener("toggle", () => { if (card.details.open) fillTree(run.run_id, card, true); });
+      // Parts that keep their own state (open folds, a confirmation, a pane's text) across re-renders.
+      card.actions = runActions(run.run_id, { onDone: () => hurry() });
+      card.changes = changesPanel(run.run_id);
+      card.decisions = decisionsPanel(run.run_id);
+      card.panes = new Map();
       cards.set(run.run_id, card);
     }
     return card;
@@ -138,9 +146,19 @@ export function mountRuns(root, { live }) {
       : "";
     card.article.setAttribute("aria-labelledby", headingId);
     card.article.dataset.status = run.status;
-    card.article.replaceChildren(
+    card.actions.update(run);
+    const panes = (run.agents || []).map((a) => {
+      const key = `${a.workspace}\u0000${a.name}`;
+      if (!card.panes.has(key)) card.panes.set(key, agentPane(run.run_id, a));
+      const pane = card.panes.get(key);
+      pane.update(a);
+      return pane.element;
+    });
+    // (null parts are left out: replaceChildren would print them as the text "null")
+    card.article.replaceChildren(...[
       h("h2", { id: headingId }, run.run_id, " ",
         h("span", { class: `badge run-status run-${run.status}`, "data-field": "run-status" }, run.status)),
+      card.actions.element,
       h("dl", { class: "meta run-facts" },
         facts("mode", run.mode),
         facts("tickets", (run.tickets || []).join(", ")),
@@ -152,9 +170,13 @@ export function mountRuns(root, { live }) {
         facts("forum", forum),
         facts("error", run.error)),
       renderBrief(run),
+      pullRequests(run),
       renderAgents(run),
       renderGuidance(run, card),
-      card.details);
+      panes.length ? h("section", { class: "panes", "aria-label": "Agent panes" }, panes) : null,
+      card.changes.element,
+      card.decisions.element,
+      card.details].filter((part) => part !== null && part !== undefined));
     return card.article;
   }
 
@@ -175,7 +197,7 @@ export function mountRuns(root, { live }) {
     return h("div", { class: "table-scroll" }, h("table", { class: "grid agents" },
       h("caption", {}, "Agents"),
       h("thead", {}, h("tr", {}, ["agent", "status", "health", "last activity", "restarts", "tmux session",
-        "completion / validation"].map((c) => h("th", { scope: "col" }, c)))),
+        "completion / validation", "actions"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, agents.map((a) => {
         const used = a.restarts_used ?? 0;
         const total = a.restarts_left != null ? used + a.restarts_left : null;
@@ -191,10 +213,18 @@ export function mountRuns(root, { live }) {
             total != null ? `${used} of ${total} used, ${a.restarts_left} left` : `${used} used`),
           h("td", { "data-field": "session", title: attach || null },
             a.session || "—",
-            a.pane_pid ? h("div", { class: "muted small" }, `pane pid ${a.pane_pid}`) : null),
+            a.pane_pid ? h("div", { class: "muted small" }, `pane pid ${a.pane_pid}`) : null,
+            attach ? h("div", { class: "small" }, h("code", { class: "attach", "data-field": "attach" }, attach)) : null),
           h("td", {}, a.completion_signalled ? "completed" : "not completed",
-            a.validation_status ? ` / validation ${a.validation_status}` : ""));
+            a.validation_status ? ` / validation ${a.validation_status}` : ""),
+          h("td", {}, restartButton(run, a)));
       }))));
+  }
+
+  // Restart is per agent: the button sits in the agent's row, confirmed inline like the run's actions.
+  function restartButton(run, a) {
+    const card = cards.get(run.run_id);
+    return card.actions.restartControl(a.name);
   }
 
   function renderGuidance(run, card) {
@@ -250,13 +280,8 @@ export function mountRuns(root, { live }) {
       }
       parts.submit.disabled = true;
       try {
-        const { status: code } = await post("/api/v1/forum/control/signal", {
-          run_id: run.run_id,
-          ticket: ticketOf(run, g),
-          agent_name: g.agent_name,
-          actor_type: "operator",
-          actor_name: viewerName(),
-          payload: { schema_version: 1, control_type: "guidance_answer", run_id: run.run_id, agent_name: g.agent_name, answer },
+        const { status: code } = await sendGuidanceAnswer({
+          runId: run.run_id, ticket: ticketOf(run, g), agentName: g.agent_name, answer,
         });
         parts.text.value = "";
         parts.note.textContent = code === 202 ? "Accepted: it applies when the pipeline recovers." : "Answer sent.";
@@ -308,9 +333,17 @@ export function mountRuns(root, { live }) {
     },
     resync() { load(); },
     reconnected() { load(); },
+    onDecision(decision) {
+      const card = cards.get(decision.run_id);
+      if (card) card.decisions.add(decision);
+      hurry();
+    },
     unmount() {
       destroyed = true;
       clearTimeout(timer);
+      for (const card of cards.values()) {
+        for (const pane of card.panes.values()) pane.stop();
+      }
     },
   };
 }

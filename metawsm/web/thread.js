@@ -5,20 +5,26 @@
 // every event on this thread.
 
 import { get, post, threadPath } from "./api.js";
+import { setPageTitle } from "./attention.js";
+import { controlPayload, controlSummary, sendGuidanceAnswer } from "./control.js";
 import { debounce, formatTime, h, keepFocus, option, timeEl, uid } from "./dom.js";
 import { ASSIGNEE_TYPES, PRIORITIES, allowedTargets, isControl, stateLabel, threadType } from "./forum.js";
-import { actor, viewerName, viewerQuery } from "./viewer.js";
+import { actor, viewerName, viewerQuery, viewerType } from "./viewer.js";
 
 export function mountThread(root, threadId, { live }) {
   let destroyed = false;
   let thread = null;
   let shownPriority = null;
   const postIds = new Set();
+  const eventSeqs = new Set(); // timeline entries of non-post events, by sequence
+  const postSeq = new Map(); // post id → the sequence of the event that added it
+  let runStatus = ""; // a control thread's run status (answering resumes the run)
+  let runTimers = [];
 
   const crumbs = h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/" }, "← Board"));
   const head = h("header", { class: "thread-head" }, h("h1", {}, "Loading thread…"));
   const loadError = h("p", { class: "error", role: "alert" });
-  const postsHeading = h("h2", { id: "posts-heading" }, "Posts");
+  const postsHeading = h("h2", { id: "posts-heading" }, "Timeline");
   const postList = h("ol", { class: "posts", "aria-labelledby": "posts-heading" });
   const actions = h("aside", { class: "actions", "aria-label": "Actions" });
   root.append(h("div", { class: "thread-page", "data-thread-id": threadId },
@@ -64,8 +70,14 @@ export function mountThread(root, threadId, { live }) {
   const field = (id, label, control) => h("div", { class: "field" }, h("label", { for: id }, label), control);
 
   const answerText = h("textarea", { id: "answer-body", name: "body", rows: "4", required: true });
-  const answer = actionForm("Answer", field("answer-body", "Answer (moves the thread to answered)", answerText), "Answer",
-    () => post(threadPath(threadId, "answer"), { body: answerText.value, ...actor() }), { reset: true, cls: "action-answer" });
+  const answerField = field("answer-body", "Answer (moves the thread to answered)", answerText);
+  // On a control thread the answer is a guidance_answer signal for the thread's agent: that is
+  // what resumes a run waiting for guidance (a plain forum answer would not).
+  const answer = actionForm("Answer", answerField, "Answer",
+    () => (thread && isControl(thread)
+      ? sendGuidanceAnswer({ runId: thread.run_id, ticket: thread.ticket, agentName: thread.agent_name, answer: answerText.value })
+      : post(threadPath(threadId, "answer"), { body: answerText.value, ...actor() })),
+    { reset: true, cls: "action-answer" });
 
   const postText = h("textarea", { id: "post-body", name: "body", rows: "3", required: true });
   const addPost = actionForm("Post", field("post-body", "Post (state unchanged)", postText), "Post",
@@ -108,7 +120,10 @@ export function mountThread(root, threadId, { live }) {
 
   function renderHeader() {
     const t = thread;
-    document.title = `${t.title} · metawsm`;
+    setPageTitle(t.title);
+    answerField.querySelector("label").textContent = isControl(t)
+      ? `Answer ${t.agent_name} (a guidance answer: resumes the run)`
+      : "Answer (moves the thread to answered)";
     const row = (label, value) => h("div", {}, h("dt", {}, label), h("dd", {}, value || h("span", { class: "muted" }, "—")));
     head.replaceChildren(
       h("h1", {}, t.title),
@@ -117,6 +132,8 @@ export function mountThread(root, threadId, { live }) {
         row("priority", h("span", { class: `badge priority priority-${t.priority}`, "data-field": "priority" }, t.priority)),
         row("assignee", t.assignee_name ? `${t.assignee_name} (${t.assignee_type})` : ""),
         row("type", isControl(t) ? `control (run ${t.run_id}, agent ${t.agent_name})` : threadType(t)),
+        isControl(t) ? row("run status", runStatus
+          ? h("span", { class: `badge run-status run-${runStatus}`, "data-field": "run-status" }, runStatus) : "") : null,
         row("ticket", t.ticket),
         row("run", t.run_id),
         row("agent", t.agent_name),
@@ -152,34 +169,76 @@ export function mountThread(root, threadId, { live }) {
   }
 
   function postBody(body) {
-    const text = body || "";
-    if (text.startsWith("{")) {
-      try {
-        const payload = JSON.parse(text);
-        if (payload && payload.control_type) {
-          return h("div", { class: "post-body control" },
-            h("p", {}, h("strong", {}, payload.control_type.replace("_", " ")), ": ",
-              payload.question || payload.answer || payload.summary || payload.status || ""),
-            h("pre", {}, JSON.stringify(payload, null, 2)));
-        }
-      } catch (_) { /* plain text that starts with a brace */ }
+    const payload = controlPayload(body);
+    if (payload) {
+      return h("div", { class: "post-body control" },
+        h("p", {}, h("strong", {}, payload.control_type.replaceAll("_", " ")), ": ",
+          payload.question || payload.answer || payload.summary || payload.status || ""),
+        h("pre", {}, JSON.stringify(payload, null, 2)));
     }
-    return h("div", { class: "post-body" }, text);
+    return h("div", { class: "post-body" }, body || "");
   }
 
-  function addPostItem(p) {
+  /** Put a timeline entry in place: by event sequence, else (a post read without its event) by time. */
+  function place(item, seq, time) {
+    item.dataset.seq = String(seq ?? "");
+    item.dataset.time = time || "";
+    const later = [...postList.children].find((li) => {
+      const other = Number(li.dataset.seq || NaN);
+      if (seq != null && !Number.isNaN(other)) return other > seq;
+      return (li.dataset.time || "") > (time || "\uffff");
+    });
+    postList.insertBefore(item, later || null);
+    postsHeading.textContent = `Timeline (${postIds.size} post${postIds.size === 1 ? "" : "s"}, ${eventSeqs.size} event${eventSeqs.size === 1 ? "" : "s"})`;
+  }
+
+  function addPostItem(p, seq = postSeq.get(p.post_id), label = "") {
     if (!p.post_id || postIds.has(p.post_id)) return;
     postIds.add(p.post_id);
-    const item = h("li", { class: "post", "data-post-id": p.post_id },
+    const payload = controlPayload(p.body);
+    const item = h("li", { class: `post${payload ? " post-signal" : ""}`, "data-post-id": p.post_id, "data-kind": payload ? `signal-${payload.control_type}` : "post" },
       h("div", { class: "post-head" },
         h("span", { class: `author author-${p.author_type}` }, authorOf(p.author_type, p.author_name)),
+        label ? h("span", { class: "muted" }, ` ${label}`) : null,
         " ",
         p.created_at ? h("time", { datetime: p.created_at }, formatTime(p.created_at)) : null),
       postBody(p.body));
-    // Oldest first: keep the list ordered by time even if a late read brings an older post.
-    const later = [...postList.children].find((li) => (li.querySelector("time")?.getAttribute("datetime") || "") > (p.created_at || "\uffff"));
-    postList.insertBefore(item, later || null);
-    postsHeading.textContent = `Posts (${postIds.size})`;
+    place(item, seq, p.created_at);
+  }
+
+  /** A timeline line for an event that is not a post: state, priority, assignment, close. */
+  function describeEvent(type, p) {
+    switch (type) {
+      case "forum.state.changed": return [`changed the state from ${stateLabel(p.from_state)} to `, h("strong", {}, stateLabel(p.to_state))];
+      case "forum.priority.changed": return [`changed the priority from ${p.from_priority} to `, h("strong", {}, p.to_priority)];
+      case "forum.assigned": return ["assigned the thread to ", h("strong", {}, `${p.assignee_name} (${p.assignee_type})`),
+        p.assignment_note ? `: ${p.assignment_note}` : ""];
+      case "forum.thread.closed": return [h("strong", {}, "closed"), ` the thread (it was ${stateLabel(p.from_state)})`];
+      default: return [type || "event"];
+    }
+  }
+
+  function applyEvent(event) {
+    const p = event.payload_json || {};
+    const env = event.envelope || {};
+    const type = p.type || env.event_type;
+    const seq = event.sequence;
+    if (p.post_id) postSeq.set(p.post_id, seq);
+    const asPost = postFromEvent(event);
+    if (asPost) {
+      const payload = controlPayload(asPost.body);
+      const label = type === "forum.thread.opened" || p.opens_thread ? "opened the thread"
+        : payload ? `sent a signal (${controlSummary(payload).split(":")[0]})` : "";
+      addPostItem(asPost, seq, label);
+      return;
+    }
+    if (typeof seq !== "number" || eventSeqs.has(seq)) return;
+    eventSeqs.add(seq);
+    const item = h("li", { class: "timeline-event", "data-event-type": type, "data-sequence": String(seq) },
+      h("span", { class: `author author-${env.actor_type}` }, authorOf(env.actor_type, env.actor_name)), " ",
+      describeEvent(type, p), " ",
+      env.occurred_at ? h("time", { datetime: env.occurred_at }, formatTime(env.occurred_at)) : null);
+    place(item, seq, env.occurred_at);
   }
 
   function postFromEvent(event) {
@@ -198,7 +257,10 @@ export function mountThread(root, threadId, { live }) {
       const { data } = await get(threadPath(threadId), viewerQuery());
       if (destroyed) return;
       loadError.textContent = "";
+      const first = !thread;
       setThread(data.thread);
+      if (first) readRunStatus();
+      for (const e of data.events || []) applyEvent(e);
       if (posts) for (const p of data.posts) addPostItem(p);
       markSeen();
     } catch (error) {
@@ -213,12 +275,31 @@ export function mountThread(root, threadId, { live }) {
     if (destroyed || !thread) return;
     try {
       await post(threadPath(threadId, "seen"), {
-        viewer_type: "human", viewer_id: viewerName(), last_seen_event_sequence: thread.last_event_sequence,
+        viewer_type: viewerType(), viewer_id: viewerName(), last_seen_event_sequence: thread.last_event_sequence,
       });
     } catch (_) { /* a seen marker is best effort */ }
   }, 300);
 
   const refreshHeader = debounce(() => load({ posts: false }), 40);
+
+  async function readRunStatus() {
+    if (destroyed || !thread || !isControl(thread)) return;
+    try {
+      // The list (by the thread's ticket) rather than the run itself: a control thread may belong
+      // to a run this daemon does not host, and that is no error worth a 404 in the console.
+      const { data } = await get("/api/v1/runs", { ticket: thread.ticket });
+      const run = (data.runs || []).find((r) => r.run_id === thread.run_id);
+      if (destroyed || !run || run.status === runStatus) return;
+      runStatus = run.status;
+      keepFocus(renderHeader);
+    } catch (_) { /* a control thread of a run this daemon does not host: no status to show */ }
+  }
+
+  // The run takes a signal just after the forum projected it: read its status a few times.
+  function hurryRunStatus() {
+    for (const timer of runTimers) clearTimeout(timer);
+    runTimers = [0, 250, 750, 1500, 3000].map((ms) => setTimeout(readRunStatus, ms));
+  }
 
   load();
 
@@ -228,10 +309,11 @@ export function mountThread(root, threadId, { live }) {
       for (const event of events) {
         if (event.envelope?.thread_id !== threadId) continue;
         touched = true;
-        const p = postFromEvent(event);
-        if (p) addPostItem(p);
+        applyEvent(event);
       }
       if (touched) refreshHeader();
+      if (touched && events.some((e) => e.envelope?.thread_id === threadId
+        && (e.envelope?.event_type || e.payload_json?.type) === "forum.control.signal")) hurryRunStatus();
     },
     resync() { load(); }, // posts merge by id: a reload never shows one twice
     reconnected() {
@@ -242,7 +324,7 @@ export function mountThread(root, threadId, { live }) {
       destroyed = true;
       refreshHeader.cancel();
       markSeen.cancel();
-      document.title = "metawsm";
+      for (const timer of runTimers) clearTimeout(timer);
     },
   };
 }

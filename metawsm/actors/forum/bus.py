@@ -7,6 +7,9 @@ from typing import Any
 from metawsm.transport.streams import StreamBus
 
 READ_BLOCK_MS = 50
+# The longest block a reader asks for (an idle stream); the read connection's socket timeout
+# is the plain timeout plus this, so a block never looks like a dead server.
+READ_BLOCK_MAX_MS = 2000
 
 
 def open_bus(services: Any, role: str) -> StreamBus:
@@ -17,7 +20,7 @@ def open_bus(services: Any, role: str) -> StreamBus:
         redis.group,
         redis.consumer,
         socket_timeout=2.0,
-        max_block_ms=READ_BLOCK_MS * 4,
+        max_block_ms=READ_BLOCK_MAX_MS,
     )
 
 

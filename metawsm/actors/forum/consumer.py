@@ -46,9 +46,10 @@ import msgspec
 
 from metawsm.actors.bridge import CallbackReply
 from metawsm.actors.errors import ActorUnavailable
-from metawsm.actors.forum.bus import READ_BLOCK_MS, consumed_topics, open_bus
+from metawsm.actors.forum.bus import READ_BLOCK_MAX_MS, READ_BLOCK_MS, consumed_topics, open_bus
 from metawsm.actors.forum.delivery import DeliveryTracker, Parking, Retry
 from metawsm.actors.forum.messages import (
+    CONSUMER,
     HANDLER,
     RELAY,
     Deliver,
@@ -61,6 +62,7 @@ from metawsm.actors.forum.messages import (
 )
 from metawsm.actors.managed import ManagedActor
 from metawsm.actors.messages import Request
+from metawsm.actors.scheduler import PacedTick
 from metawsm.clock import now_text
 from metawsm.forum import outbox
 from metawsm.forum.projections.registry import PROJECTION_NAMES
@@ -89,7 +91,20 @@ class _ReadFailed(msgspec.Struct, frozen=True):
 
 
 class _Tick(msgspec.Struct, frozen=True):
-    """Housekeeping: reconcile still owed, periodic reclaim."""
+    """Housekeeping: the periodic reclaim; ticks of a superseded ``token`` are ignored."""
+
+    token: int = 0
+
+
+class _AskReconcile(msgspec.Struct, frozen=True):
+    """Try again to tell the relay the reconcile still owed (it was restarting)."""
+
+
+class _Orphaned(msgspec.Struct, frozen=True):
+    """From a previous incarnation's reader: entries its last blocking read returned after it
+    was told to stop (pending under our consumer name; routing them twice is harmless)."""
+
+    entries: list[Any]
 
 
 class _LateReclaim(msgspec.Struct, frozen=True):
@@ -108,38 +123,53 @@ class _Redeliver(msgspec.Struct, frozen=True):
 
 
 # The consumer's mailbox.  Tells, all of them: _Read and _ReadFailed (from the reader thread),
-# _Tick, _LateReclaim, _AckNow, _Redeliver and Poll (its own timers and continuations; Poll
-# after a Redis backoff), DeliveryDone (a worker's answer to a Deliver, through its reply
-# callbacks).  Requests: none; the consumer answers nothing but the runtime's Ping.
-ConsumerMessage = _Read | _ReadFailed | _Tick | _LateReclaim | _AckNow | _Redeliver | Poll | DeliveryDone
+# _Orphaned (from a previous incarnation's reader), _Tick, _AskReconcile, _LateReclaim,
+# _AckNow, _Redeliver and Poll (its own timers and continuations; Poll after a Redis backoff),
+# DeliveryDone (a worker's answer to a Deliver, through its reply callbacks).  Requests: none;
+# the consumer answers nothing but the runtime's Ping.
+ConsumerMessage = (_Read | _ReadFailed | _Orphaned | _Tick | _AskReconcile | _LateReclaim | _AckNow | _Redeliver
+                   | Poll | DeliveryDone)
 
 
 READ_COUNT = 500
+# The periodic reclaim (entries pending for RECLAIM_MIN_IDLE_MS under a consumer that lost
+# them) runs every RECLAIM_EVERY_SECONDS while entries flow, backing off (doubling) to
+# RECLAIM_IDLE_MAX_SECONDS while nothing is read or in flight: at rest nothing is pending.
 RECLAIM_EVERY_SECONDS = 10.0
+RECLAIM_IDLE_MAX_SECONDS = 60.0
 RECLAIM_MIN_IDLE_MS = 30_000
 BACKOFF_INITIAL = 0.1
 # Retrying Redis once a second costs nothing, and it bounds how long the pipeline stays
 # stopped after Redis is back (it also wakes the relay out of its own, longer, backoff).
 BACKOFF_MAX = 1.0
-TICK_SECONDS = 0.1
+# How soon a reconcile the relay could not take (it was restarting) is asked for again.
+RECONCILE_RETRY_SECONDS = 0.1
+# The reader blocks READER_BLOCK_MS after a read that returned entries, and twice as long after
+# each empty one, up to READ_BLOCK_MAX_MS: a busy stream is read at once either way (a block
+# returns as soon as an entry arrives), an idle one costs a round trip every two seconds
+# instead of ten a second.
 READER_BLOCK_MS = READ_BLOCK_MS * 2
+READER_BLOCK_MAX_MS = READ_BLOCK_MAX_MS
 # The previous incarnation's reader is not waited for (its blocking read cannot be cut
-# short: redis-py retries it once on a fresh connection).  Whatever it still reads is left
-# pending under our consumer name; this second claim, after it has surely given up (two
-# blocks), takes it over.  Claiming our own pending entries is always safe: keys already in
-# flight are skipped and workers dedupe.
-LATE_RECLAIM_SECONDS = 3 * READER_BLOCK_MS / 1000
+# short: redis-py retries it once on a fresh connection).  Whatever it still reads it hands to
+# the current incarnation (_Orphaned); should that fail (nobody bound yet), it is left pending
+# under our consumer name, and these claims, after a short block and after the old reader has
+# surely given up (its longest block), take it over.  Claiming our own pending entries is
+# always safe: keys already in flight are skipped and workers dedupe.
+LATE_RECLAIM_SECONDS = (3 * READER_BLOCK_MS / 1000, 1.5 * READER_BLOCK_MAX_MS / 1000)
 
 
 class _Reader(threading.Thread):
     """Blocks in XREADGROUP for the consumer actor and tells it what came back."""
 
-    def __init__(self, number: int, bus: Any, topics: list[str], actor_ref: Any, name: str) -> None:
+    def __init__(self, number: int, bus: Any, topics: list[str], actor_ref: Any, name: str,
+                 handoff: Any = None) -> None:
         super().__init__(name=name, daemon=True)
         self.number = number
         self.bus = bus
         self.topics = topics
         self.actor_ref = actor_ref
+        self.handoff = handoff  # called with what a read returned after stop()
         self.stopped = threading.Event()
         self.room = threading.Event()  # cleared while the actor has too much in flight
         self.room.set()
@@ -150,13 +180,14 @@ class _Reader(threading.Thread):
 
     def run(self) -> None:
         first = True
+        block_ms = READER_BLOCK_MS
         while not self.stopped.is_set():
             if not self.room.wait(0.5):
                 continue
             if self.stopped.is_set():
                 return
             try:
-                entries = self.bus.read(self.topics, count=READ_COUNT, block_ms=READER_BLOCK_MS)
+                entries = self.bus.read(self.topics, count=READ_COUNT, block_ms=block_ms)
             except TransportError as error:
                 if not self.stopped.is_set():
                     _safe_tell(self.actor_ref, _ReadFailed(self.number, isinstance(error, GroupMissing), str(error)))
@@ -166,7 +197,13 @@ class _Reader(threading.Thread):
                     _safe_tell(self.actor_ref, _ReadFailed(self.number, False, f"{type(error).__name__}: {error}"))
                 return
             if self.stopped.is_set():
-                break  # left pending: the next incarnation's late reclaim takes them
+                if entries and self.handoff is not None:
+                    try:
+                        self.handoff(entries)  # else left pending: the next incarnation's late reclaim takes them
+                    except Exception:  # noqa: BLE001 - best effort; the late reclaim is the fallback
+                        pass
+                break
+            block_ms = READER_BLOCK_MS if entries else min(block_ms * 2, READER_BLOCK_MAX_MS)
             if entries or first:
                 first = False
                 _safe_tell(self.actor_ref, _Read(self.number, entries))
@@ -196,15 +233,18 @@ class StreamConsumer(ManagedActor):
         # groups, so a failure half-way through recreating them cannot skip it.
         self._reconcile_reason = "consumer start"
         self._backoff = 0.0
-        self._last_reclaim = time.monotonic()
+        self._read_since_tick = 0  # entries read since the last reclaim tick
+        self._reconcile_retry_queued = False
         self._reader: _Reader | None = None
         self._readers_started = 0
         self.acked_total = 0
         self.parked_total = 0
         self.status.consumer_running = True
-        me = self.actor_ref
-        self.tell_self_every(TICK_SECONDS, _Tick())
-        self.system.scheduler.call_later(LATE_RECLAIM_SECONDS, lambda: _safe_tell(me, _LateReclaim()))
+        self._reclaimer = PacedTick(RECLAIM_EVERY_SECONDS, RECLAIM_IDLE_MAX_SECONDS,
+                                    lambda delay, token: self.tell_self_later(delay, _Tick(token)))
+        self._reclaimer.start()
+        for delay in LATE_RECLAIM_SECONDS:
+            self.tell_self_later(delay, _LateReclaim())
         self._start_reading()
 
     def teardown(self) -> None:
@@ -229,8 +269,16 @@ class StreamConsumer(ManagedActor):
                 self._read(message)
             case _ReadFailed():
                 self._read_failed(message)
-            case _Tick():
-                self._tick()
+            case _Orphaned(entries=entries):
+                if self._groups_ready:
+                    self._route(entries)  # otherwise _start_reading claims everything pending
+            case _Tick(token=token):
+                if self._reclaimer.current(token):
+                    self._tick()
+            case _AskReconcile():
+                self._reconcile_retry_queued = False
+                if self._groups_ready:
+                    self._ask_reconcile()
             case _LateReclaim():
                 self._late_reclaim()
             case _AckNow():
@@ -270,8 +318,10 @@ class StreamConsumer(ManagedActor):
         if self._reader is not None:
             return
         self._readers_started += 1
+        system = self.system
         self._reader = _Reader(self._readers_started, self.bus, self.topics, self.actor_ref,
-                               f"{threading.current_thread().name}-reader")
+                               f"{threading.current_thread().name}-reader",
+                               handoff=lambda entries: system.tell(CONSUMER, _Orphaned(entries)))
         self._update_room()
         self._reader.start()
 
@@ -285,8 +335,13 @@ class StreamConsumer(ManagedActor):
             self._reader.room.set()
 
     def _ask_reconcile(self) -> None:
-        if self._reconcile_reason and self.system.tell(RELAY, Reconcile(reason=self._reconcile_reason)):
+        if not self._reconcile_reason:
+            return
+        if self.system.tell(RELAY, Reconcile(reason=self._reconcile_reason)):
             self._reconcile_reason = ""
+        elif not self._reconcile_retry_queued:  # the relay is restarting: ask again shortly
+            self._reconcile_retry_queued = True
+            self.tell_self_later(RECONCILE_RETRY_SECONDS, _AskReconcile())
 
     def _poll(self) -> None:
         """After a backoff: try again to (re)start reading."""
@@ -300,6 +355,7 @@ class StreamConsumer(ManagedActor):
             return  # from a reader we already replaced; its entries are reclaimed
         self._bus_ok()
         if message.entries:
+            self._read_since_tick += len(message.entries)
             self._route(message.entries)
         self._update_room()
 
@@ -328,18 +384,17 @@ class StreamConsumer(ManagedActor):
             self._route([entry for entry, _ in reclaimed])
 
     def _tick(self) -> None:
-        if self._reconcile_reason and self._groups_ready:
-            self._ask_reconcile()  # the relay was restarting when we first asked
-        now = time.monotonic()
-        if self._groups_ready and self._reader is not None and now - self._last_reclaim > RECLAIM_EVERY_SECONDS:
-            self._last_reclaim = now
+        """The periodic reclaim; the next one comes sooner while entries flow or wait."""
+        reclaimed: list[Any] = []
+        if self._groups_ready and self._reader is not None:
             try:
                 reclaimed = self.bus.reclaim(self.topics, RECLAIM_MIN_IDLE_MS)
             except TransportError as error:
                 log.debug("periodic reclaim failed: %s", error)
-                return
             if reclaimed:
                 self._route([entry for entry, _ in reclaimed])
+        read, self._read_since_tick = self._read_since_tick, 0
+        self._reclaimer.done(active=bool(read or reclaimed or len(self.tracker) or self._backoff))
 
     def _bus_ok(self) -> None:
         if self._backoff:

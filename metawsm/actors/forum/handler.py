@@ -229,6 +229,7 @@ class CommandHandler(ManagedActor):
     def _postpone(self, delivery: Deliver, fault: StorageFault) -> DeliveryReport:
         """Nothing applied: the consumer delivers again later, without counting an attempt."""
         self.postponed += 1
+        self.system.tell(RELAY, WorkAvailable())  # the relay's sweep probes the disk: at the fast pace now
         error = storage.retry_error(fault)
         return DeliveryReport(failed={entry.key: error for entry in delivery.entries},
                               retry_after=storage.RETRY_SECONDS)

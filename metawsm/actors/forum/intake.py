@@ -119,6 +119,7 @@ class CommandIntake(ManagedActor):
                 for _, reply in [*batch, *self._batch]:
                     reply.fail(storage.unavailable(fault))
                 self._batch.clear()
+                self.system.tell(RELAY, WorkAvailable())  # the relay's sweep probes the disk: at the fast pace now
                 return
             # Nothing was committed: tell every waiting caller before crashing.
             for _, reply in batch:

@@ -42,6 +42,7 @@ from metawsm.actors.forum.bus import consumed_topics, open_bus
 from metawsm.actors.forum.messages import Flush, Reconcile, ReplayParked, WorkAvailable
 from metawsm.actors.managed import ManagedActor
 from metawsm.actors.messages import FailureInfo
+from metawsm.actors.scheduler import PacedTick
 from metawsm.clock import format_time, now_text, utc_now
 from metawsm.forum import marks, outbox, retention
 from metawsm.forum.errors import ForumError
@@ -55,6 +56,9 @@ log = logging.getLogger("metawsm.forum")
 
 BATCH = 500
 SWEEP_SECONDS = 1.0
+# The safety sweep backs off (doubling) while it finds nothing to publish, no mark to write and
+# no fault to probe, up to this; the namespace claim's refresh interval caps it too.
+SWEEP_IDLE_MAX_SECONDS = 5.0
 TRIM_EVERY_SECONDS = 30.0
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 10.0
@@ -66,7 +70,10 @@ PRUNE_PAUSE_SECONDS = 0.02
 
 
 class _Sweep(msgspec.Struct, frozen=True):
-    """Safety sweep: publish rows a missed wake-up left behind."""
+    """Safety sweep: publish rows a missed wake-up left behind; ``token``: ticks of a superseded
+    timer are ignored."""
+
+    token: int = 0
 
 
 class _MarkSent(msgspec.Struct, frozen=True):
@@ -119,7 +126,13 @@ class OutboxRelay(ManagedActor):
         self.pruned_total = 0
         self.retention_sweeps = 0  # sweeps completed (every done row of the outbox looked at)
         self.stream_entries_trimmed = 0
-        self.tell_self_every(SWEEP_SECONDS, _Sweep())
+        claim = services.namespace_claim
+        # Half the claim's refresh interval: a refresh is never skipped for being a moment early.
+        ceiling = SWEEP_IDLE_MAX_SECONDS if claim is None else min(SWEEP_IDLE_MAX_SECONDS, claim.refresh_interval / 2)
+        self._swept_published = 0  # published_total at the last sweep
+        self._sweeper = PacedTick(SWEEP_SECONDS, max(SWEEP_SECONDS, ceiling),
+                                  lambda delay, token: self.tell_self_later(delay, _Sweep(token)))
+        self._sweeper.start()
         self.tell_self_every(float(self.retention.sweep_seconds), _Prune())
         self.tell_self(Flush())
 
@@ -148,6 +161,8 @@ class OutboxRelay(ManagedActor):
         match message:
             case WorkAvailable():
                 self._queue_flush()
+                if self.storage.fault is not None:
+                    self._sweeper.poke()  # a writer met the fault: probe at the fast pace now
             case Flush(force=force):
                 if force:
                     self._retry_at = 0.0  # Redis answers again: no need to sit out the backoff
@@ -157,12 +172,15 @@ class OutboxRelay(ManagedActor):
             case _MarkSent():
                 self._mark_queued = False
                 self._mark_sent()
-            case _Sweep():
+            case _Sweep(token=token):
+                if not self._sweeper.current(token):
+                    return None
                 self._probe_storage()
                 self._rescan()
                 self._flush()
                 self._maybe_trim()
                 self._refresh_claim()
+                self._sweeper.done(active=self._sweep_was_busy())
             case _Prune(resume=resume):
                 self._prune(resume)
             case Reconcile(reason=reason):
@@ -222,6 +240,13 @@ class OutboxRelay(ManagedActor):
             return False
         self._unmarked.difference_update(ids)
         return True
+
+    def _sweep_was_busy(self) -> bool:
+        """Whether the sweep just run (or the relay since the last one) had anything to do: then the
+        next sweep comes at the fast pace, otherwise later and later."""
+        published, self._swept_published = self._swept_published, self.published_total
+        return bool(self.published_total != published or self._unmarked or self.storage.fault is not None
+                    or self._backoff or self._owed_reconcile)
 
     def _rescan(self) -> None:
         """Write pending marks, then read the outbox from the start again (rows that went back

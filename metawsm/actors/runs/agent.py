@@ -25,14 +25,19 @@ import msgspec
 
 from metawsm.actors.errors import Refusal
 from metawsm.actors.managed import ActorContext, ManagedActor
+from metawsm.actors.operator.messages import AgentDecided, tell_operator
 from metawsm.actors.runs.messages import AgentExited, AgentFailed, KillSession, StartSession
 from metawsm.actors.runs.refusals import provider_errors_refused
 from metawsm.clock import format_time, now_text
+from metawsm.operator import rules
+from metawsm.operator.model import Decision
 from metawsm.runs import store
 from metawsm.runs.agent_env import install_shim, with_agent_token
-from metawsm.runs.health import HealthTracker, Observation, RestartBudget, Thresholds
+from metawsm.runs.health import HealthTracker, Observation, RestartBudget, Thresholds, next_poll_delay
 from metawsm.runs.model import AgentSpec
 from metawsm.runs.tmux import Tmux, TmuxError
+from metawsm.store import schema_operator
+from metawsm.store.db import write_transaction
 
 log = logging.getLogger("metawsm.runs")
 
@@ -87,6 +92,12 @@ class TmuxAgent(ManagedActor):
         run_policy = store.load_run(self.conn, self.launch.run_id).spec.policy_or(services.policy)
         self.thresholds = Thresholds.from_policy(run_policy)  # the run's own, not today's file
         self.tracker = HealthTracker(self.thresholds, time.time())
+        self.panes = services.pane_boards.board(self.launch.socket, max_age=min(1.0, self.thresholds.poll_seconds / 2))
+        # The workspace's git fingerprint is taken when the pane showed activity since the last one,
+        # else at least this often: a quiet agent costs no git process per poll.
+        self._probe_gap = max(self.thresholds.poll_seconds, min(30.0, self.thresholds.progress_stalled_seconds / 4))
+        self._probed_at = float("-inf")
+        self._activity_at_probe: float | None = None
         row = self._row()
         self.budget = self._new_budget(used=row.restarts_used if row else 0)
         self.status = row.status if row else "pending"
@@ -99,6 +110,10 @@ class TmuxAgent(ManagedActor):
         self._generation = 0
         self._last_write = 0.0
         self._activity_stored = False  # whether a last_activity_at has been written by this actor
+        self._stored_times: tuple[float | None, float | None] = (None, None)  # activity, progress last written
+        self.tracker_activity: tuple[Any, ...] = ()  # what the last poll saw: a poll that sees the same is quiet
+        self._quiet_polls = 0
+        self._next_delay = self.thresholds.poll_seconds
         self.watching = self.status not in ("stopped", "failed", "cleaned")
         if self.watching:
             self._refresh_shim()  # a daemon re-attaching may run from another interpreter than the last
@@ -131,7 +146,9 @@ class TmuxAgent(ManagedActor):
         match message:
             case _Poll(generation=generation):
                 if generation == self._generation and self.watching:
+                    self._next_delay = self.thresholds.poll_seconds
                     self._poll()
+                    self._arm_next_poll(generation)
                 return None
             case KillSession():
                 return self._kill()
@@ -145,6 +162,7 @@ class TmuxAgent(ManagedActor):
         self._generation += 1
         with provider_errors_refused(f"agent {self._name()}: "):
             killed = self.tmux.kill_session(self.launch.session)
+        self.panes.invalidate()
         self._set(status="stopped", health="", pane_pid=None)
         return killed
 
@@ -203,6 +221,7 @@ class TmuxAgent(ManagedActor):
         Path(launch.log_path).parent.mkdir(parents=True, exist_ok=True)
         info = self.tmux.new_session(launch.session, launch.workdir, launch.agent.command, self._session_env(),
                                      Path(launch.log_path))
+        self.panes.invalidate()
         self.started_at = time.time()
         self._set(status="running", health="healthy", pane_pid=info.pane_pid)
 
@@ -216,6 +235,7 @@ class TmuxAgent(ManagedActor):
             Path(launch.log_path).parent.mkdir(parents=True, exist_ok=True)
             info = self.tmux.new_session(launch.session, launch.workdir, launch.agent.command, env,
                                          Path(launch.log_path))
+        self.panes.invalidate()
         now = time.time()
         self.budget.record_restart(now)
         self.started_at = now
@@ -228,26 +248,31 @@ class TmuxAgent(ManagedActor):
     # -- health ---------------------------------------------------------------------------
 
     def _schedule_polls(self) -> None:
-        generation = self._generation
-        me = self.actor_ref
+        """Start a chain of polls for this generation: each poll arms the next (see _arm_next_poll)."""
+        self._quiet_polls = 0
+        self.tell_self(_Poll(self._generation))
 
-        def tick() -> bool:
-            if generation != self._generation:
-                return False  # superseded (restart/kill/stop): let this timer end
+    def _arm_next_poll(self, generation: int) -> None:
+        """One timer per agent, set after each poll: ``poll_seconds`` while something changes, longer
+        while the pane stays quiet (runs.health.next_poll_delay), so idle agents cost little."""
+        if generation != self._generation or not self.watching:
+            return  # superseded (restart/kill/stop): the chain ends here
+        me = self.actor_ref
+        delay = self._next_delay
+
+        def tick() -> None:
             try:
                 me.tell(_Poll(generation))
-                return True
-            except Exception:  # noqa: BLE001 - actor gone: stop ticking
-                return False
+            except Exception:  # noqa: BLE001 - actor gone: the chain ends
+                pass
 
-        self.system.scheduler.every(self.thresholds.poll_seconds, tick)
-        self.tell_self(_Poll(generation))
+        self.system.scheduler.call_later(delay, tick)
 
     def _poll(self) -> None:
         launch = self.launch
         now = time.time()
         try:
-            info = self.tmux.pane_info(launch.session)
+            info = self.panes.pane_info(launch.session)
         except TmuxError as error:
             log.debug("tmux poll failed for %s: %s", launch.session, error)
             return
@@ -278,7 +303,13 @@ class TmuxAgent(ManagedActor):
             last_progress=self.last_progress,
             completed=completed,
         )
+        activity_before = self.tracker_activity
         health = self.tracker.observe(observation)
+        self.tracker_activity = (self.last_activity, self.last_progress, info.pane_pid, health)
+        quiet = self.tracker.settled and activity_before == self.tracker_activity and health in ("healthy", "idle",
+                                                                                                "stalled")
+        self._quiet_polls = self._quiet_polls + 1 if quiet else 0
+        self._next_delay = next_poll_delay(self.thresholds, self._quiet_polls, observation, self.tracker.started_at)
         if health == "healthy":
             if self.budget.note_healthy(now):
                 self._set(restarts_used=0)
@@ -296,17 +327,22 @@ class TmuxAgent(ManagedActor):
             self._on_unhealthy(health, now)
             return
         first_activity = self.last_activity is not None and not self._activity_stored
-        if changed or first_activity or self._activity_written_long_ago(now):
+        if changed or first_activity or self._activity_refresh_due(now):
             self._set(health=health, pane_pid=info.pane_pid, last_activity_at=_epoch_text(self.last_activity),
                       last_progress_at=_epoch_text(self.last_progress))
 
-    def _activity_written_long_ago(self, now: float) -> bool:
-        """Refresh the stored activity time now and then, even when health did not change."""
-        return now - self._last_write >= max(5.0, self.thresholds.poll_seconds)
+    def _activity_refresh_due(self, now: float) -> bool:
+        """Store newer activity or progress times now and then (at most every 5 s), even when health
+        did not change; an agent whose times did not move writes nothing."""
+        moved = (self.last_activity, self.last_progress) != self._stored_times
+        return moved and now - self._last_write >= max(5.0, self.thresholds.poll_seconds)
 
     def _observe_progress(self, now: float) -> None:
         if self.progress_probe is None:
             return
+        if self.last_activity == self._activity_at_probe and now - self._probed_at < self._probe_gap:
+            return
+        self._probed_at, self._activity_at_probe = now, self.last_activity
         try:
             fingerprint = self.progress_probe()
         except Exception:  # noqa: BLE001 - a git hiccup is not an agent problem
@@ -317,21 +353,47 @@ class TmuxAgent(ManagedActor):
             self._fingerprint = fingerprint
 
     def _on_unhealthy(self, health: str, now: float) -> None:
+        """The operator's ``auto_restart`` and ``escalate_blocked`` rules (docs/operator.md): this
+        actor owns the restart, so it claims the decision, acts, and tells the operator."""
         allowed, reason = self.budget.decision(now)
+        launch = self.launch
+        incarnation = _epoch_text(self.started_at) or ""
         if allowed:
+            decision = rules.auto_restart(self.conn, launch.run_id, launch.agent.name, launch.workspace, health,
+                                          incarnation, self.budget.left - 1)
+            decision_id = self._claim(decision)
             try:
                 self._restart_session(health)
             except (TmuxError, OSError) as error:
                 self._set(health=health, last_error=f"restart failed: {error}")
+                if decision_id is not None:
+                    with write_transaction(self.conn):
+                        schema_operator.set_reason(self.conn, decision_id,
+                                                   f"{decision.reason}; restart failed: {error}")
+            else:
+                if decision_id is not None:
+                    with write_transaction(self.conn):
+                        schema_operator.mark_executed(self.conn, decision_id)
+            if decision_id is not None:
+                tell_operator(self.system, AgentDecided(decision_id))
             return
         if "exhausted" in reason:
             self.watching = False
             message = f"{reason}; agent failed"
-            log.error("agent %s@%s %s", self.launch.agent.name, self.launch.workspace, message)
+            log.error("agent %s@%s %s", launch.agent.name, launch.workspace, message)
             self._set(status="failed", health=health, last_error=message)
-            self._tell_run(AgentFailed(agent=self.launch.agent.name, workspace=self.launch.workspace, reason=reason))
+            decision_id = self._claim(rules.escalate_blocked(self.conn, launch.run_id, launch.agent.name,
+                                                             launch.workspace, health, incarnation, reason))
+            if decision_id is not None:
+                tell_operator(self.system, AgentDecided(decision_id))
+            self._tell_run(AgentFailed(agent=launch.agent.name, workspace=launch.workspace, reason=reason))
         elif health != self.health:
             self._set(health=health, last_error=f"{health}; {reason}")
+
+    def _claim(self, decision: Decision) -> int | None:
+        decision.at = now_text()
+        with write_transaction(self.conn):
+            return schema_operator.claim(self.conn, decision)
 
     # -- persistence ----------------------------------------------------------------------
 
@@ -350,6 +412,9 @@ class TmuxAgent(ManagedActor):
             fields["last_activity_at"] = _epoch_text(self.last_activity)
         if fields.get("last_activity_at"):
             self._activity_stored = True
+        if "last_activity_at" in fields or "last_progress_at" in fields:
+            self._stored_times = (self.last_activity if "last_activity_at" in fields else self._stored_times[0],
+                                  self.last_progress if "last_progress_at" in fields else self._stored_times[1])
         self._last_write = time.time()
         store.update_agent(self.conn, self.launch.run_id, self.launch.agent.name, self.launch.workspace, **fields)
 

@@ -29,6 +29,7 @@ from metawsm.actors.errors import ActorCrashed, ActorError, ActorTimeout, ActorU
 from metawsm.actors.forum.messages import INTAKE, Submit
 from metawsm.actors.managed import DEFERRED, ActorContext
 from metawsm.actors.messages import Request
+from metawsm.actors.operator.messages import RunNews, tell_operator
 from metawsm.actors.runs.agent import AgentLaunch, TmuxAgent
 from metawsm.actors.runs.messages import (
     AgentExited,
@@ -241,7 +242,7 @@ class RunActor(Supervisor):
     def _execute(self, reply: Any) -> None:
         try:
             if self._status() != S.PLANNING:
-                store.transition(self.conn, self.run_id, S.PLANNING, "executing steps")
+                self._transition(S.PLANNING, "executing steps")
             retries = max(0, self.policy.execution.step_retries)
             for step in store.setup_steps(self.conn, self.run_id):
                 if step.status == "done":
@@ -260,10 +261,10 @@ class RunActor(Supervisor):
                 if error:
                     store.update_step(self.conn, self.run_id, step.ordinal, "failed", error)
                     message = f"step {step.name} for {step.ticket} failed: {error}"
-                    store.transition(self.conn, self.run_id, S.FAILED, error=message)
+                    self._transition(S.FAILED, error=message)
                     return
                 store.update_step(self.conn, self.run_id, step.ordinal, "done")
-            store.transition(self.conn, self.run_id, S.RUNNING, "agents started")
+            self._transition(S.RUNNING, "agents started")
             self._evaluate_control()
         finally:
             if reply is not None:
@@ -423,7 +424,7 @@ class RunActor(Supervisor):
         status = self._status()
         if self.spec.mode == "bootstrap" or self._all_agents_failed():
             if status not in (S.FAILED, S.CLOSED, S.CLOSING, S.STOPPED):
-                store.transition(self.conn, self.run_id, S.FAILED, error=reason)
+                self._transition(S.FAILED, error=reason)
         else:
             store.record_event(self.conn, self.run_id, "agent_failed", status, status, reason)
 
@@ -440,15 +441,15 @@ class RunActor(Supervisor):
         pending = [c for c in controls.values() if c.pending]
         if pending and status != S.AWAITING_GUIDANCE:
             first = pending[0]
-            store.transition(self.conn, self.run_id, S.AWAITING_GUIDANCE,
+            self._transition(S.AWAITING_GUIDANCE,
                              f"guidance requested by {first.agent_name}: {first.question}")
             return
         if not pending and status == S.AWAITING_GUIDANCE:
-            store.transition(self.conn, self.run_id, S.RUNNING, "guidance answered")
+            self._transition(S.RUNNING, "guidance answered")
             status = S.RUNNING
         if self.spec.mode == "bootstrap" and status == S.RUNNING and self._all_done(controls):
             why = "every agent signalled completion and passed validation"
-            store.transition(self.conn, self.run_id, S.COMPLETED, why)
+            self._transition(S.COMPLETED, why)
 
     def _all_done(self, controls: dict[str, Any]) -> bool:
         names = {a.name for a in self.spec.agents}
@@ -465,12 +466,12 @@ class RunActor(Supervisor):
         if status != S.STOPPING:  # stopping: a stop that did not finish; this one finishes it
             if not transition_allowed(status, S.STOPPING):
                 raise RunStateRefused(f"run {self.run_id} is {status}; it cannot be stopped")
-            store.transition(self.conn, self.run_id, S.STOPPING, "stop requested")
+            self._transition(S.STOPPING, "stop requested")
         return self._kill_sessions(then=self._stopped)
 
     def _stopped(self) -> None:
         self._stop_agent_actors()
-        store.transition(self.conn, self.run_id, S.STOPPED, "agents stopped")
+        self._transition(S.STOPPED, "agents stopped")
         self._revoke_tokens()  # resume starts the agents again, each with a new token
 
     def _resume_run(self) -> Any:
@@ -488,7 +489,7 @@ class RunActor(Supervisor):
         return self._start_sessions(rows, then=self._resumed)
 
     def _resumed(self) -> None:
-        store.transition(self.conn, self.run_id, S.RUNNING, "resumed")
+        self._transition(S.RUNNING, "resumed")
         self._evaluate_control()
 
     def _restart_agents(self, agent: str) -> Any:
@@ -507,7 +508,7 @@ class RunActor(Supervisor):
 
         def restarted() -> None:
             if status not in LIVE:
-                store.transition(self.conn, self.run_id, S.RUNNING, "restarted")
+                self._transition(S.RUNNING, "restarted")
             self._evaluate_control()
 
         return self._start_sessions(rows, then=restarted)
@@ -541,13 +542,13 @@ class RunActor(Supervisor):
                                                    now_text())
                 store.record_event(self.conn, self.run_id, "changelog", status, status,
                                    f"{ticket}: changelog entry committed as {commit[:12]}")
-        store.transition(self.conn, self.run_id, S.CLOSING, "close gates passed")
+        self._transition(S.CLOSING, "close gates passed")
         if command.merge:
             try:
                 report = delivery.merge(self.run_id, jobs, push=False, dry_run=False)
             except Exception as error:  # any merge failure is reported and the run goes back to completed
                 # Nothing was closed: go back to completed so the user can fix it and retry.
-                store.transition(self.conn, self.run_id, S.COMPLETED, f"merge failed: {error}")
+                self._transition(S.COMPLETED, f"merge failed: {error}")
                 if isinstance(error, Refusal):
                     raise
                 raise RunError(f"merge failed: {error}") from None
@@ -556,7 +557,7 @@ class RunActor(Supervisor):
 
     def _closed(self) -> None:
         self._stop_agent_actors()
-        store.transition(self.conn, self.run_id, S.CLOSED, "closed")
+        self._transition(S.CLOSED, "closed")
         self._revoke_tokens()
         self.tell_self_stop()
 
@@ -683,12 +684,12 @@ class RunActor(Supervisor):
 
         if status != S.STOPPED:
             if status == S.COMPLETED:
-                store.transition(self.conn, self.run_id, S.RUNNING, f"iteration {number}: feedback given")
+                self._transition(S.RUNNING, f"iteration {number}: feedback given")
             announce()
             return report
 
         def restarted() -> None:
-            store.transition(self.conn, self.run_id, S.RUNNING, f"iteration {number}: feedback given")
+            self._transition(S.RUNNING, f"iteration {number}: feedback given")
             announce()
             self._evaluate_control()
 
@@ -1045,6 +1046,14 @@ class RunActor(Supervisor):
         return dirty
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _transition(self, to_status: Any, message: str = "", error: str | None = None) -> str:
+        """Move the run to ``to_status`` (see store.transition) and tell the operator."""
+        previous = store.transition(self.conn, self.run_id, to_status, message, error=error)
+        status = getattr(to_status, "value", to_status)
+        if previous != status:
+            tell_operator(self.system, RunNews(self.run_id, str(status)))
+        return previous
 
     def _status(self) -> str:
         row = self.conn.execute("SELECT status FROM runs WHERE run_id = ?", (self.run_id,)).fetchone()
