@@ -12,9 +12,10 @@ bootstrap run and waits until it is ``running`` with every agent ``healthy``; th
   server's, serve's RSS and thread count;
 * **guidance round trips**, ``--rounds`` times over every agent in turn: ``POST
   /api/v1/forum/control/signal`` with a ``guidance_request`` from the agent, then polls
-  ``GET /api/v1/runs/{id}`` until that agent's question is pending and the run is
-  ``awaiting_guidance``; the figure is from sending the signal to the first poll that shows
-  it.  Then the ``guidance_answer``, polled until the run is ``running`` again (also
+  ``GET /api/v1/runs?ticket=<ticket>`` until the run is ``awaiting_guidance``; the figure is
+  from sending the signal to the first poll that shows it.  The list route is polled because
+  it reads SQLite only: ``GET /api/v1/runs/{id}`` also asks git about every workspace (two
+  processes per repository), which would make each poll, not the daemon, the measure.  Then the ``guidance_answer``, polled until the run is ``running`` again (also
   reported).  Serve's CPU during the round trips is reported per round trip.
 
 The machine's noise (other processes, hypervisor steal) is printed with each phase.  Finally the
@@ -67,10 +68,11 @@ async def round_trips(port: int, run_id: str, agents: list[str], rounds: int,
     to_running: list[float] = []
 
     async def run_status() -> str:
-        code, raw = await conn.request("GET", f"/api/v1/runs/{run_id}")
+        code, raw = await conn.request("GET", f"/api/v1/runs?ticket={TICKET}")
         if code != 200:
-            raise SystemExit(f"GET /api/v1/runs/{run_id} answered {code}: {raw[:200]!r}")
-        return str(json.loads(raw)["run"]["status"])
+            raise SystemExit(f"GET /api/v1/runs?ticket={TICKET} answered {code}: {raw[:200]!r}")
+        [run] = [r for r in json.loads(raw)["runs"] if r["run_id"] == run_id]
+        return str(run["status"])
 
     async def until(wanted: str, started: float) -> float:
         while True:
@@ -163,7 +165,7 @@ def main() -> int:
     print(f"  {rest['noise']}")
     print()
     print(f"{trips} guidance round trips ({args.rounds} per agent, agents in turn); each figure from sending the "
-          "signal to the first GET /api/v1/runs/{id} showing the new status")
+          "signal to the first GET /api/v1/runs?ticket=... showing the new status")
     print(table(LATENCY_HEADERS, [
         latency_row("guidance_request -> awaiting_guidance", to_awaiting),
         latency_row("guidance_answer -> running", to_running),

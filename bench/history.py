@@ -1,4 +1,4 @@
-# Run:  .venv/bin/python bench/history.py [--commands 1000000] [--prune]
+# Run:  .venv/bin/python bench/history.py [--commands 1000000] [--posts-per-thread 10] [--reads-only] [--prune]
 """Start-up and reads with a long history: ``serve`` to healthy and ``forum list`` p99 at 1M (5M) commands.
 
 Builds a migrated SQLite file holding ``--commands`` commands of history the way the pipeline
@@ -19,6 +19,19 @@ and the first write answered 200 (it waits for the reconcile queued ahead of it 
 Retention is set long here (nothing is pruned while starting).  With the last daemon up it
 measures ``GET /api/v1/forum/threads`` (``--reads`` times, one HTTP request each) and the whole
 ``metawsm forum list`` process (``--cli`` times).
+
+Before starting anything it measures the reads in process (``ForumReader`` on a read-only
+connection, ``--reads`` times each, after one warm-up): the 50 newest threads, search for a word
+every thread holds (``history``, in every title; ``fix``, in every post), both, a word one thread in
+1,000 holds (``777``), a word none holds, the second page of the common search, a common word with
+a rare one, and a prefix every post matches (the worst cases); and the
+bytes per thread by table and index (``dbstat``), with the part retention can delete (the
+``forum_outbox`` rows and their indexes) shown apart.  ``--reads-only`` stops there.
+
+The loader does not go through the actors, the intake, Redis or the projections' code: it writes
+the rows they would leave behind (same tables, same columns, payloads of the same shape), so it
+measures reads, sizes and start-up on a history of that shape, not the write path.  The Redis
+streams are empty (as after trimming); nothing in the file is pending.
 
 ``--prune`` then starts it with the default retention (7 days) and a 5 s sweep, writes at a
 paced ``--rate`` meanwhile, and reports how long the first sweep took, how many rows it deleted,
@@ -143,8 +156,13 @@ def build_history(db_path: Path, commands: int, per_thread: int, history_days: f
     statements += [f"INSERT INTO forum_projection_events (projection_name, event_id, applied_at) SELECT '{name}', ev, at"
                     " FROM hx" for name in PROJECTIONS]
     if search:
-        statements.append("INSERT INTO forum_search (thread_id, post_id, title, body)"
-                          " SELECT thread, post, CASE k WHEN 0 THEN title ELSE '' END, body FROM hx")
+        # keyed as the thread_views projection keys them (migration 12): the thread's key is the
+        # sequence of its opening event, a post's rowid is key << 24 plus its number in the thread
+        statements.append("INSERT INTO forum_search_threads (search_key, thread_id)"
+                          f" SELECT t * {p} + 1, thread FROM hx WHERE k = 0")
+        statements.append("INSERT INTO forum_search (rowid, thread_id, post_id, title, body)"
+                          f" SELECT ((t * {p} + 1) << 24) + k + 1, thread, post, CASE k WHEN 0 THEN title ELSE '' END,"
+                          " body FROM hx")
     for statement in statements:
         conn.execute(statement)
     newest = f"strftime('%Y-%m-%dT%H:%M:%fZ', {now_us} / 1000000.0, 'unixepoch')"
@@ -158,6 +176,49 @@ def build_history(db_path: Path, commands: int, per_thread: int, history_days: f
     conn.execute("PRAGMA journal_mode = WAL")
     conn.close()
     return time.perf_counter() - started
+
+
+def measure_reader(db_path: Path, reads: int) -> list[list[Any]]:
+    """Reads in process on a read-only connection: one warm-up, then ``reads`` timed calls each."""
+    from metawsm.forum.reads.reader import ForumReader
+
+    conn = open_connection(db_path, read_only=True)
+    reader = ForumReader(conn)
+    page_two = reader.search("fix", limit=50)[1]
+    cases: list[tuple[str, Any]] = [
+        ("list: 50 newest", lambda: reader.list_threads(limit=50)),
+        ("search 'history' (every title)", lambda: reader.search("history", limit=50)),
+        ("search 'fix' (every post)", lambda: reader.search("fix", limit=50)),
+        ("search 'fix history' (two terms)", lambda: reader.search("fix history", limit=50)),
+        ("search 'fix', second page", lambda: reader.search("fix", cursor=page_two, limit=50)),
+        ("search '777' (1 thread in 1,000)", lambda: reader.search("777", limit=50)),
+        ("search 'nothingmatches'", lambda: reader.search("nothingmatches", limit=50)),
+        ("search 'fix 777' (every post + rare)", lambda: reader.search("fix 777", limit=50)),
+        ("search 'fi*' (prefix, every post)", lambda: reader.search("fi*", limit=50)),
+    ]
+    found = []
+    for name, call in cases:
+        call()
+        seconds = []
+        for _ in range(reads):
+            started = time.perf_counter()
+            call()
+            seconds.append(time.perf_counter() - started)
+        found.append(latency_row(name, seconds))
+    conn.close()
+    return found
+
+
+def bytes_per_thread(db_path: Path, threads: int) -> tuple[list[list[Any]], float, float]:
+    """Bytes per thread of each table and index (``dbstat``), biggest first; total and after retention."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    sizes = conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").fetchall()
+    owners = dict(conn.execute("SELECT name, tbl_name FROM sqlite_master").fetchall())
+    conn.close()
+    total = sum(size for _, size in sizes)
+    outbox = sum(size for name, size in sizes if owners.get(name) == "forum_outbox")
+    rows = [[name, owners.get(name, name), size / threads] for name, size in sizes if size / threads >= 1]
+    return rows, total / threads, (total - outbox) / threads
 
 
 def set_floor(db_path: Path, present: bool, commands: int) -> None:
@@ -302,6 +363,7 @@ def main() -> int:
     parser.add_argument("--db", type=Path, help="build the history here and keep it; reuse it when it exists "
                         "(its --commands must match; --prune deletes part of it)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--reads-only", action="store_true", help="measure reads and sizes in process, no serve")
     args = parser.parse_args()
     commands = args.commands - args.commands % args.posts_per_thread
     with Scratch(args.keep) as scratch:
@@ -315,12 +377,24 @@ def main() -> int:
         size_mb = sum(f.stat().st_size for f in db_path.parent.glob(db_path.name + "*")) / 1e6
         print(machine_facts(redis_server))
         how = f"built in {built:.1f} s" if built else f"reused {db_path}"
-        print(f"history: {commands:,} commands in {commands // args.posts_per_thread:,} threads over "
+        threads = commands // args.posts_per_thread
+        print(f"history: {commands:,} commands in {threads:,} threads over "
               f"{args.history_days:g} days; {how}; database {size_mb:,.0f} MB")
+        load = MachineLoad(redis_server.pid or 0)
+        print()
+        print(table(LATENCY_HEADERS, measure_reader(db_path, args.reads), title="reads in process (ForumReader)"))
+        print(load.describe())
+        sizes, total, kept = bytes_per_thread(db_path, threads)
+        print()
+        print(table(["table or index", "of table", "bytes per thread"], sizes, left=True))
+        print(f"bytes per thread: {total:,.0f} in all; {kept:,.0f} without forum_outbox (what retention deletes)")
+        if args.reads_only:
+            redis_server.stop()
+            return 0
         keep_everything = {"outbox_days": 3650, "stream_days": 3650}
         results: dict[str, list[tuple[float, float]]] = {}
         reads: tuple[list[float], list[float]] = ([], [])
-        load = MachineLoad(redis_server.pid or 0)
+        load.reset()
         try:
             for label, present in (("no decided floor (full scans)", False), ("decided floor", True)):
                 for run in range(args.starts):

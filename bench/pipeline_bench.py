@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,6 +37,24 @@ from metawsm.forum.service import ForumService
 from metawsm.policy import policy_from_mapping
 from metawsm.transport.redis_process import RedisProcess
 from metawsm.waiting import wait_until
+
+
+def handled(system: Any) -> dict[str, int]:
+    """Messages each actor has handled so far, by path."""
+    return {node.path: node.processed for node in system.inspect().walk()}
+
+
+def context_switches() -> int:
+    """Voluntary + involuntary context switches of every thread of this process so far."""
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.endswith("ctxt_switches:") or "ctxt_switches:" in line:
+                    total += int(line.split()[-1])
+        except OSError:
+            continue
+    return total
 
 
 def percentile(ordered: list[float], p: float) -> float:
@@ -148,7 +167,15 @@ def main() -> int:
         forum = ForumService(system, daemon.services)
         print(f"redis {redis_server.url}, db {db_path} (synchronous={daemon.services.db.synchronous})")
 
+        handled0, switches0 = handled(system), context_switches()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         lat, lat_applied, lat_accepted = latency_phase(forum, args.writes, args.rate)
+        time.sleep(0.3)  # the last writes' trailing projections and acks (lingering up to 0.1 s)
+        per_actor = {path: n - handled0.get(path, 0) for path, n in handled(system).items()}
+        switches = context_switches() - switches0
+        # The whole process (every actor thread, and the one paced writer), per write of the phase.
+        cpu_per_write = (time.process_time() - cpu0) / (args.writes + 21) * 1000
+        cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
         tp_applied, tp_accepted, elapsed, tp_lat = throughput_phase(forum, args.writers, args.duration)
         acknowledged = lat_applied + lat_accepted + tp_applied + tp_accepted
         t0 = time.perf_counter()
@@ -175,6 +202,12 @@ def main() -> int:
     print(f"{'sustained writes/s':<34}{writes / elapsed:>10.0f}   ({writes} writes in {elapsed:.1f}s, "
           f"{args.writers} writers, {tp_accepted} answered 202)")
     print(f"{'latency phase 202s':<34}{lat_accepted:>10}")
+    print(f"{'process CPU per write, latency':<34}{cpu_per_write:>10.2f} ms  ({cpu_share * 100:.0f}% of a core)")
+    n = args.writes + 21
+    print(f"{'context switches per write':<34}{switches / n:>10.1f}   (every thread of the process)")
+    print(f"{'actor messages per write':<34}{sum(per_actor.values()) / n:>10.2f}   "
+          + ", ".join(f"{path.rsplit('/', 1)[-1]} {count / n:.2f}"
+                      for path, count in sorted(per_actor.items(), key=lambda item: -item[1]) if count))
     print(f"{'drain after load':<34}{drain_s * 1000:>10.0f} ms")
     print(f"{'acknowledged writes':<34}{acknowledged:>10}")
     print(f"{'forum_events':<34}{events:>10}")

@@ -253,3 +253,37 @@ def test_the_reader_pauses_at_max_in_flight_and_resumes_below_half(count: int, r
     t = tracker(max_in_flight=10)
     t.admit([command_entry(n) for n in range(count)])
     assert t.reader_room() is room
+
+
+def test_a_lingering_worker_gets_what_arrived_during_its_hold_in_one_deliver() -> None:
+    t = DeliveryTracker([HANDLER], PROJECTIONS, 3, linger={STATS: 0.05})
+    first, second = event_entry(1), event_entry(2)
+    t.admit([first, second])
+    assert t.hold(VIEWS, [key(first)], now=0.0) is None  # no linger: sent at once
+    assert t.batch(VIEWS, [key(first), key(second)], now=0.0) is not None
+    onward = t.report(ok(VIEWS, key(first), key(second))).onward
+    assert onward == [(STATS, [key(first), key(second)])]
+    assert t.hold(STATS, [key(first)], now=0.0) == 0.05  # idle lingering worker: held, release due
+    assert t.hold(STATS, [key(second)], now=0.01) == 0.0  # behind the release already due
+    assert t.batch(STATS, [], now=0.02) is None
+    released = t.release(STATS)
+    assert released == [key(first), key(second)]
+    batch = t.batch(STATS, released, now=0.05)
+    assert batch is not None and batch.keys == (key(first), key(second))
+    assert t.report(ok(STATS, *batch.keys)).onward == [(QUEUE, [key(first), key(second)])]
+    assert t.release(STATS) == []
+
+
+def test_a_busy_lingering_worker_queues_as_always_and_a_release_sends_nothing_twice() -> None:
+    t = DeliveryTracker([HANDLER], PROJECTIONS, 3, linger={STATS: 0.05})
+    first, second = event_entry(1), event_entry(2)
+    t.admit([first, second])
+    t.batch(VIEWS, [key(first), key(second)], now=0.0)
+    t.report(ok(VIEWS, key(first), key(second)))
+    assert t.hold(STATS, [key(first)], now=0.0) == 0.05
+    assert t.batch(STATS, t.release(STATS), now=0.05) is not None  # first is out: STATS is busy
+    assert t.hold(STATS, [key(second)], now=0.06) is None  # busy: not held ...
+    assert t.batch(STATS, [key(second)], now=0.06) is None  # ... but queued behind the Deliver
+    reported = t.report(ok(STATS, key(first)))
+    assert reported.queued == [key(second)]  # sent when it reports, without lingering
+    assert t.release(STATS) == []

@@ -651,3 +651,59 @@ def test_reader_joins_a_transaction_the_caller_opened(reader: ForumReader, conn:
         assert conn.in_transaction
     finally:
         conn.execute("COMMIT")
+
+
+def test_search_walk_and_all_matches_give_the_same_pages(
+    reader: ForumReader, conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ways of finding a page (docs/forum.md#search): same threads, same order, same cursors."""
+    from metawsm.forum.reads import search as search_module
+
+    ev = ForumEvents(step=timedelta(0))
+    for batch in range(6):
+        ev.now = BASE_TIME + timedelta(minutes=batch)
+        for i in range(12):
+            tid = ev.open(f"alpha {batch}-{i}", "common words here", ticket=f"T-{i % 3}").envelope.thread_id
+            if i % 4 == 0:
+                ev.post(tid, "beta appears in a later post")
+            if i % 5 == 0:
+                ev.change_state(tid, "triaged")  # updated_at moves, the posts do not
+            if i % 7 == 0:
+                ev.post(tid, "gamma alpha beta together")
+    ev.now = BASE_TIME + timedelta(hours=1)
+    ev.open("unrelated", "nothing to see")
+    ingest(conn, ev.take())
+
+    walked: list[bool] = []
+    real_walk = search_module._walk
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        result = real_walk(*args, **kwargs)
+        walked.append(result is not None)
+        return result
+
+    monkeypatch.setattr(search_module, "_walk", spy)
+    viewer = {"viewer_type": "human", "viewer_id": "bob"}
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("alpha", {}), ("beta", {}), ("alpha beta", {}), ("gamma", {}), ("common alpha", {"ticket": "T-1"}),
+        ("beta", {"state": "triaged"}), ("alpha", viewer), ("nothing", {}), ("alp*", {}),
+        ("gamma alpha", {}), ("alpha gamma common", {"ticket": "T-0"}), ("alp* beta", {}),
+    ]
+    for query, extra in cases:
+        def fetch(c: str | None, n: int, q: str = query, x: dict[str, Any] = extra) -> tuple[list[ThreadView], Any]:
+            v = Viewer.parse(x["viewer_type"], x["viewer_id"]) if "viewer_type" in x else None
+            f = {k: val for k, val in x.items() if not k.startswith("viewer")}
+            return reader.search(q, f, cursor=c, limit=n, viewer=v)
+
+        monkeypatch.setattr(search_module, "COMMON", 10**9)  # always every match
+        expected = {n: all_pages(fetch, n) for n in (1, 5, 50)}
+        whole = reader.search(query, limit=500)[0]
+        # walk to the end; give up early; in between; and "gamma" (12 posts) rare among common words
+        for common, budget in ((1, 10**9), (1, 3), (1, 40), (20, 10**9), (20, 3)):
+            monkeypatch.setattr(search_module, "COMMON", common)
+            monkeypatch.setattr(search_module, "WALK_BUDGET", budget)
+            for n, pages in expected.items():
+                assert all_pages(fetch, n) == pages, (query, extra, common, budget, n)
+            again = reader.search(query, limit=500)[0]
+            assert [msgspec.to_builtins(t) for t in again] == [msgspec.to_builtins(t) for t in whole]
+    assert any(walked) and not all(walked)  # both ways ran

@@ -81,6 +81,7 @@ CONTRACT: dict[str, set[str]] = {
         "validation_status", "validation_done_criteria", "last_signal_at", "last_event_sequence",
     },
     "forum_search": {"thread_id", "post_id", "title", "body"},
+    "forum_search_threads": {"search_key", "thread_id"},
     "forum_projection_events": {"projection_name", "event_id", "applied_at"},
     "forum_projection_checkpoints": {"projection_name", "last_sequence", "updated_at"},
     "schema_migrations": {"version", "name", "applied_at"},

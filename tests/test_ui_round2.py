@@ -156,6 +156,11 @@ def test_a_whole_bootstrap_from_the_browser(env: RunsEnv, page: Any, flag: Path,
     for label, key in (("Goal", "goal"), ("Scope", "scope"), ("Done criteria", "done_criteria"),
                        ("Constraints", "constraints"), ("Merge intent", "merge_intent")):
         form.get_by_label(label, exact=True).fill(BRIEF[key])
+    qa = form.get_by_label("Questions and answers (optional)")
+    qa.fill("Q: Which branch?")  # a question without its answer is refused next to the field
+    form.get_by_role("button", name="Preview plan (dry run)").click()
+    expect(form.locator("#start-qa-error")).to_contain_text("A: ")
+    qa.fill("Q: Which branch?\nA: main")
     start = form.get_by_role("button", name="Start", exact=True)
     expect(start).to_be_disabled()  # no start before a preview
     form.get_by_role("button", name="Preview plan (dry run)").click()
@@ -170,6 +175,7 @@ def test_a_whole_bootstrap_from_the_browser(env: RunsEnv, page: Any, flag: Path,
     expect(form.locator(".note")).to_contain_text("Started run")
     [run] = env.api("GET", "/api/v1/runs").data["runs"]
     run_id = run["run_id"]
+    assert run["brief"]["qa"] == [{"question": "Which branch?", "answer": "main"}]
     [agent] = run["agents"]
     session, workspace = agent["session"], agent["workspace"]
     wait_until(lambda: session in env.sessions(), timeout=20, message=f"tmux session {session}")

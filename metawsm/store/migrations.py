@@ -57,6 +57,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "run review feedback", schema_delivery.apply_review_feedback),
     Migration(10, "operator decisions", schema_operator.apply),
     Migration(11, "operator decision context", schema_operator.apply_context),
+    Migration(12, "forum search rows keyed by thread", schema_forum.apply_search_keys),
 )
 
 

@@ -46,6 +46,9 @@ PROJECTION_TABLES: dict[str, tuple[str, ...]] = {
     "queue_view": ("forum_thread_queue_view",),
     "control_state": ("forum_control_state",),
 }
+# The search index's thread keys (migration 12): owned and cleared by thread_views with
+# ``forum_search``, listed apart because it is bookkeeping of that index, not a read model.
+SEARCH_KEY_TABLES = ("forum_search_threads",)
 # Not cleared by a projection rebuild: seen markers are direct writes (mark_seen), and the
 # ledger/checkpoints are the rebuild machinery itself.
 READ_SIDE_TABLES = (
@@ -57,7 +60,7 @@ TABLES_BY_OWNER: dict[str, tuple[str, ...]] = {
     "write model (CommandHandler)": WRITE_MODEL_TABLES,
     "log (CommandHandler)": LOG_TABLES,
     "transport (CommandIntake, CommandHandler, OutboxRelay, StreamConsumer)": TRANSPORT_TABLES,
-    "read models (projections)": tuple(t for ts in PROJECTION_TABLES.values() for t in ts),
+    "read models (projections)": tuple(t for ts in PROJECTION_TABLES.values() for t in ts) + SEARCH_KEY_TABLES,
     "read side bookkeeping": READ_SIDE_TABLES,
 }
 ALL_TABLES: tuple[str, ...] = tuple(t for ts in TABLES_BY_OWNER.values() for t in ts)
@@ -439,3 +442,46 @@ def apply(db: sqlite_utils.Database) -> None:
     _log(db)
     _transport(db)
     _read_models(db)
+
+
+# --- migration 12: search rows keyed by thread -------------------------------------------------
+
+SEARCH_POST_BITS = 24  # a thread's posts take rowids key << 24 .. (key << 24) + 2**24 - 1
+SEARCH_MAX_POSTS = (1 << SEARCH_POST_BITS) - 1  # posts of one thread after this many are not indexed
+
+_CREATE_SEARCH = (
+    "CREATE VIRTUAL TABLE {name} USING fts5("
+    "thread_id UNINDEXED, post_id UNINDEXED, title, body, "
+    "tokenize = 'unicode61 remove_diacritics 2')"
+)
+
+
+def apply_search_keys(db: sqlite_utils.Database) -> None:
+    """Migration 12: ``forum_search`` rowids say which thread a row belongs to.
+
+    ``forum_search_threads`` gives each thread with indexed posts an integer ``search_key``
+    (the sequence of the event that indexed its first post, so a rebuild gives the same keys)
+    and the n-th indexed post of a thread (from 1) gets the rowid ``(search_key << 24) + n``.
+    A search then reads which threads match from the FTS doclists alone (``rowid >> 24``), and
+    can ask whether one thread matches with a rowid range.  Existing rows are copied into the new
+    table with those rowids (re-tokenising every post: about a minute per million posts, once).
+    """
+    db.execute(
+        "CREATE TABLE forum_search_threads ("
+        "search_key INTEGER PRIMARY KEY, thread_id TEXT NOT NULL UNIQUE)"
+    )
+    db.execute(
+        "INSERT INTO forum_search_threads (search_key, thread_id)"
+        " SELECT MIN(e.sequence), s.thread_id FROM (SELECT DISTINCT thread_id FROM forum_search) s"
+        " JOIN forum_events e ON e.thread_id = s.thread_id GROUP BY s.thread_id"
+    )
+    db.execute(_CREATE_SEARCH.format(name="forum_search_keyed"))
+    db.execute(
+        "INSERT INTO forum_search_keyed (rowid, thread_id, post_id, title, body)"
+        f" SELECT (k.search_key << {SEARCH_POST_BITS}) + n, thread_id, post_id, title, body FROM ("
+        "  SELECT s.thread_id, s.post_id, s.title, s.body,"
+        "  row_number() OVER (PARTITION BY s.thread_id ORDER BY s.rowid) AS n FROM forum_search s"
+        f" ) JOIN forum_search_threads k USING (thread_id) WHERE n <= {SEARCH_MAX_POSTS}"
+    )
+    db.execute("DROP TABLE forum_search")
+    db.execute("ALTER TABLE forum_search_keyed RENAME TO forum_search")

@@ -7,6 +7,22 @@ import { post } from "./api.js";
 import { h, option } from "./dom.js";
 
 const list = (text) => text.split(/[,\s]+/).map((s) => s.trim()).filter(Boolean);
+
+// "Q: ..." / "A: ..." lines, a question then its answer, into the brief's qa list; null when the
+// lines do not pair up (the form says so next to the field).
+function parseQa(text) {
+  const qa = [];
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (!line) continue;
+    const match = line.match(/^([QA]):\s*(.*)$/i);
+    if (!match) return null;
+    if (match[1].toUpperCase() === "Q") qa.push({ question: match[2], answer: "" });
+    else if (qa.length && !qa[qa.length - 1].answer) qa[qa.length - 1].answer = match[2];
+    else return null;
+  }
+  return qa.every((item) => item.question && item.answer) ? qa : null;
+}
 const BRIEF = [["goal", "Goal"], ["scope", "Scope"], ["done_criteria", "Done criteria"], ["constraints", "Constraints"],
   ["merge_intent", "Merge intent"]];
 
@@ -25,7 +41,9 @@ export function mountStartForm({ onStarted }) {
   const text = () => h("input", { type: "text", autocomplete: "off", spellcheck: "false" });
   const mode = h("select", {}, option("bootstrap", "bootstrap (with a brief)", true), option("run", "run"));
   const briefBox = h("fieldset", { class: "brief-fields" }, h("legend", {}, "Brief"),
-    BRIEF.map(([name, label]) => field(name, label, h("textarea", { rows: "2" }))));
+    BRIEF.map(([name, label]) => field(name, label, h("textarea", { rows: "2" }))),
+    field("qa", "Questions and answers (optional)", h("textarea", { rows: "3" }),
+      "One \"Q: ...\" line, then its \"A: ...\" line, for each decision already taken."));
   const preview = h("div", { class: "plan-preview", "aria-live": "polite" });
   const general = h("p", { class: "field-error", role: "alert" });
   const note = h("p", { class: "note", role: "status" });
@@ -60,6 +78,7 @@ export function mountStartForm({ onStarted }) {
     if (mode.value === "bootstrap") {
       body.brief = {};
       for (const [name] of BRIEF) body.brief[name] = inputs[name].value;
+      if (inputs.qa.value.trim()) body.brief.qa = parseQa(inputs.qa.value) || [];
     }
     return body;
   }
@@ -82,6 +101,10 @@ export function mountStartForm({ onStarted }) {
     general.textContent = "";
     note.textContent = "";
     const body = request(dryRun);
+    if (mode.value === "bootstrap" && inputs.qa.value.trim() && !parseQa(inputs.qa.value)) {
+      showError("qa: write each question on a \"Q: \" line followed by its answer on an \"A: \" line");
+      return;
+    }
     if (!dryRun && JSON.stringify(request(true)) !== previewed) {
       general.textContent = "Preview the plan first.";
       return;

@@ -15,8 +15,10 @@ new one.  The reader pauses while too many entries (``delivery.MAX_IN_FLIGHT``) 
 their workers.
 
 **Projections one after another.**  An event goes to ``thread_views`` first (what callers
-and WebSocket clients wait for), then to each other projection in turn, each as soon as
-the one before has it.  They are GIL-bound Python either way; run side by side they only
+and WebSocket clients wait for), then ``control_state`` (what runs and the operator wait for),
+then to each other projection in turn, each as soon as the one before has it (those nobody
+waits for could linger, ``PROJECTION_LINGER_SECONDS``, so a few events share one delivery;
+that is off, see there).  They are GIL-bound Python either way; run side by side they only
 took the GIL (and the write lock) from each other at every SQLite call, a storm of
 context switches that made each of them, ``thread_views`` included, several times slower.
 Under load the projections still overlap, one batch apart.
@@ -60,6 +62,7 @@ from metawsm.actors.forum.messages import (
     Reconcile,
     projection_path,
 )
+from metawsm.actors.forum.projection import ANNOUNCED
 from metawsm.actors.managed import ManagedActor
 from metawsm.actors.messages import Request
 from metawsm.actors.scheduler import PacedTick
@@ -115,6 +118,12 @@ class _AckNow(msgspec.Struct, frozen=True):
     """XACK what finished since the last ack (queued behind what is already waiting)."""
 
 
+class _Release(msgspec.Struct, frozen=True):
+    """A lingering worker's hold is over: deliver what waited for it, together."""
+
+    target: str
+
+
 class _Redeliver(msgspec.Struct, frozen=True):
     """A retry's time has come: deliver ``keys`` (those still in flight) to ``target``."""
 
@@ -124,14 +133,31 @@ class _Redeliver(msgspec.Struct, frozen=True):
 
 # The consumer's mailbox.  Tells, all of them: _Read and _ReadFailed (from the reader thread),
 # _Orphaned (from a previous incarnation's reader), _Tick, _AskReconcile, _LateReclaim,
-# _AckNow, _Redeliver and Poll (its own timers and continuations; Poll after a Redis backoff),
+# _AckNow, _Redeliver, _Release and Poll (its own timers and continuations; Poll after a Redis backoff),
 # DeliveryDone (a worker's answer to a Deliver, through its reply callbacks).  Requests: none;
 # the consumer answers nothing but the runtime's Ping.
 ConsumerMessage = (_Read | _ReadFailed | _Orphaned | _Tick | _AskReconcile | _LateReclaim | _AckNow | _Redeliver
-                   | Poll | DeliveryDone)
+                   | _Release | Poll | DeliveryDone)
 
 
 READ_COUNT = 500
+# Projections nobody waits for (thread_stats, queue_view) could get their events this long after
+# the first of them, together, when idle (one Deliver and one transaction per five events at 100
+# writes/s).  Off (0): a client that lists a queue or the stats right after its write was answered
+# would miss that write for the whole linger, and scripts do exactly that.  Without it they follow
+# thread_views within a few milliseconds; under load their batches grow anyway.
+PROJECTION_LINGER_SECONDS = 0.0
+
+
+def event_chain() -> list[str]:
+    """The projections an event visits, in turn: the announced ones first (thread_views, then
+    control_state), then the others, each group in :data:`PROJECTION_NAMES` order."""
+    return ([name for name in PROJECTION_NAMES if name in ANNOUNCED]
+            + [name for name in PROJECTION_NAMES if name not in ANNOUNCED])
+
+# Finished entries are acknowledged this long after the first of them, together (the relay's
+# "sent" marks wait as long): nobody waits for an ack, it only empties Redis's pending list.
+ACK_DELAY_SECONDS = 0.05
 # The periodic reclaim (entries pending for RECLAIM_MIN_IDLE_MS under a consumer that lost
 # them) runs every RECLAIM_EVERY_SECONDS while entries flow, backing off (doubling) to
 # RECLAIM_IDLE_MAX_SECONDS while nothing is read or in flight: at rest nothing is pending.
@@ -225,8 +251,10 @@ class StreamConsumer(ManagedActor):
         self.topics = consumed_topics(services)
         self.tracker = DeliveryTracker(
             command_targets=[HANDLER],
-            event_targets=[projection_path(name) for name in PROJECTION_NAMES],
+            event_targets=[projection_path(name) for name in event_chain()],
             max_attempts=services.policy.forum.max_attempts,
+            linger={projection_path(name): PROJECTION_LINGER_SECONDS
+                    for name in PROJECTION_NAMES if name not in ANNOUNCED and PROJECTION_LINGER_SECONDS > 0},
         )
         self._groups_ready = False
         # Reconcile is owed until told to the relay: set on start and whenever Redis lost our
@@ -252,6 +280,13 @@ class StreamConsumer(ManagedActor):
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.stop()  # not joined: see LATE_RECLAIM_SECONDS
+        tracker = getattr(self, "tracker", None)
+        finished = tracker.take_acks() if tracker is not None else []
+        if finished:  # the ack the timer would have sent (best effort: otherwise reclaimed, deduped)
+            try:
+                self._ack(finished)
+            except Exception:  # a stopping consumer's ack is only bookkeeping
+                log.debug("final ack failed, entries will be reclaimed", exc_info=True)
         self.bus.close()
         self.conn.close()
 
@@ -289,6 +324,8 @@ class StreamConsumer(ManagedActor):
                 self._delivery_done(message)
             case _Redeliver(target=target, keys=keys):
                 self._send(target, self.tracker.in_flight(keys))
+            case _Release(target=target):
+                self._send(target, self.tracker.release(target), held=True)
             case _:
                 return super().handle(message)
         return None
@@ -426,8 +463,15 @@ class StreamConsumer(ManagedActor):
         for target, keys in admitted.sends.items():
             self._send(target, keys)
 
-    def _send(self, target: str, keys: list[str]) -> None:
-        batch = self.tracker.batch(target, keys, time.monotonic())
+    def _send(self, target: str, keys: list[str], *, held: bool = False) -> None:
+        now = time.monotonic()
+        if not held:
+            delay = self.tracker.hold(target, keys, now)
+            if delay is not None:
+                if delay > 0:
+                    self.tell_self_later(delay, _Release(target))
+                return
+        batch = self.tracker.batch(target, keys, now)
         if batch is None:
             return
         me = self.actor_ref
@@ -472,9 +516,11 @@ class StreamConsumer(ManagedActor):
             self._schedule(retry)
         self._send(report.target, reported.queued)
         if reported.ack_soon:
-            # Acked a moment later, in one XACK: a read or a report already waiting is handled
-            # first (the ack is a Redis round trip, and nobody waits for it).
-            self.tell_self(_AckNow())
+            # Acked ACK_DELAY_SECONDS later, in one XACK for everything finished meanwhile: the
+            # ack is a Redis round trip nobody waits for, and at 100 writes/s one per entry was
+            # two round trips per write.  An entry not acked yet when the actor stops is
+            # reclaimed and deduplicated by the workers, as any unacked entry is.
+            self.tell_self_later(ACK_DELAY_SECONDS, _AckNow())
         self._update_room()
 
     def _ack(self, entries: list[InboundEntry]) -> None:

@@ -21,13 +21,18 @@ here, so it can be tested without Redis, actors or time passing.  The invariants
 * **Acks** are batched: finished entries collect for one XACK, and the first of a batch asks
   the actor to ack soon (:attr:`Reported.ack_soon`, then :meth:`take_acks`).
 * **Back-pressure**: the reader pauses at ``max_in_flight`` entries and resumes below half.
+* **Linger** (``linger``, per worker): entries for an idle lingering worker are held for its
+  delay and then go out together (:meth:`hold`, :meth:`release`), so at a low write rate a
+  worker nobody waits for (``thread_stats``, ``queue_view``) gets one Deliver, one transaction
+  and one report for several entries instead of one each.  A busy worker's entries queue as
+  always and go out when it reports, without lingering.
 
 Callers pass ``now`` (monotonic seconds) where time matters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -107,6 +112,7 @@ class DeliveryTracker:
         max_in_flight: int = MAX_IN_FLIGHT,
         max_deliver: int = MAX_DELIVER,
         busy_stale: float = BUSY_STALE_SECONDS,
+        linger: Mapping[str, float] | None = None,
     ) -> None:
         self.command_targets = list(command_targets)
         self.event_targets = list(event_targets)
@@ -118,6 +124,8 @@ class DeliveryTracker:
         self._busy: dict[str, float] = {}  # worker -> when its outstanding Deliver was sent
         self._queued: dict[str, dict[str, None]] = {}  # worker -> keys waiting for it (ordered set)
         self._to_ack: list[InboundEntry] = []
+        self.linger = dict(linger or {})
+        self._holding: set[str] = set()  # lingering workers whose entries are held until release()
 
     def __len__(self) -> int:
         """Entries in flight."""
@@ -146,6 +154,33 @@ class DeliveryTracker:
             self._in_flight[key] = _InFlight(entry, message, targets)
             sends.setdefault(targets[0], []).append(key)
         return Admitted(parkings, sends)
+
+    def hold(self, target: str, keys: list[str], now: float) -> float | None:
+        """Hold ``keys`` for a lingering, idle ``target``.
+
+        None: not held (no linger for it, nothing to hold, or a Deliver is outstanding, so
+        :meth:`batch` queues them); 0.0: held, behind a release already due; a delay: held,
+        call :meth:`release` after it.
+        """
+        delay = self.linger.get(target)
+        if delay is None or not keys:
+            return None
+        sent_at = self._busy.get(target)
+        if sent_at is not None and now - sent_at < self.busy_stale:
+            return None
+        self._queued.setdefault(target, {}).update(dict.fromkeys(keys))
+        if target in self._holding:
+            return 0.0
+        self._holding.add(target)
+        return delay
+
+    def release(self, target: str) -> list[str]:
+        """The held keys of ``target`` still waiting for it, to send now with :meth:`batch`."""
+        self._holding.discard(target)
+        if target in self._busy:
+            return []  # a Deliver went out meanwhile (a report released the queue): its report sends the rest
+        queued = self._queued.pop(target, None) or {}
+        return [k for k in queued if k in self._in_flight and target in self._in_flight[k].remaining]
 
     def batch(self, target: str, keys: list[str], now: float) -> Batch | None:
         """The Deliver to send ``target`` now, or None: nothing to send, or queued behind the

@@ -126,16 +126,17 @@ class CommandIntake(ManagedActor):
                 reply.fail(ActorCrashed(self.path, f"{type(exc).__name__}: {exc}"))
             raise
         self.batches += 1
-        wrote = False
+        # The relay first: publishing is what the write's caller waits for next (its answer here
+        # only lets it start waiting for the verdict), so the relay should not queue for the
+        # interpreter behind the event loop that the answers wake.
+        if any(not isinstance(answer, Exception) and not answer.already_applied for _, answer in answers):
+            self.system.tell(RELAY, WorkAvailable())
         for reply, answer in answers:
             if isinstance(answer, Exception):
                 reply.fail(answer)
             else:
-                wrote = wrote or not answer.already_applied
                 self.accepted_total += 1
                 reply.resolve(answer)
-        if wrote:
-            self.system.tell(RELAY, WorkAvailable())
 
     def _accept(self, submit: Submit, now: str) -> Accepted:
         claim = submit.idempotency

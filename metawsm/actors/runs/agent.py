@@ -95,7 +95,7 @@ class TmuxAgent(ManagedActor):
         self.panes = services.pane_boards.board(self.launch.socket, max_age=min(1.0, self.thresholds.poll_seconds / 2))
         # The workspace's git fingerprint is taken when the pane showed activity since the last one,
         # else at least this often: a quiet agent costs no git process per poll.
-        self._probe_gap = max(self.thresholds.poll_seconds, min(30.0, self.thresholds.progress_stalled_seconds / 4))
+        self._probe_gap = max(self.thresholds.poll_seconds, self.thresholds.progress_stalled_seconds / 10)
         self._probed_at = float("-inf")
         self._activity_at_probe: float | None = None
         row = self._row()

@@ -2,7 +2,10 @@
 
 ``forum_search`` (FTS5) holds one row per post: ``thread_id``, ``post_id``, ``title``,
 ``body``.  The thread's title is indexed once, on the row of its first post (the opening
-post, or the first signal of a control thread); later posts have an empty title.
+post, or the first signal of a control thread); later posts have an empty title.  The row's
+rowid says whose post it is (migration 12): the thread's ``search_key`` in
+``forum_search_threads`` (the sequence of the event of its first post) shifted left by 24,
+plus the post's number in the thread from 1 (``posts_count`` after this post).
 
 Every applied event stamps ``last_event_sequence``, ``last_actor_type`` and ``updated_at``
 (the envelope's ``occurred_at``).  The name of the last actor is not stored here: the
@@ -16,7 +19,6 @@ from typing import ClassVar
 
 from metawsm.forum.messages import (
     ControlSignalled,
-    Envelope,
     EventMessage,
     PostAdded,
     PriorityChanged,
@@ -25,6 +27,7 @@ from metawsm.forum.messages import (
     ThreadClosed,
     ThreadOpened,
 )
+from metawsm.store.schema_forum import SEARCH_MAX_POSTS, SEARCH_POST_BITS
 
 _INSERT_VIEW = """
 INSERT INTO forum_thread_views (
@@ -43,9 +46,9 @@ class ThreadViewsProjection:
         payload = event.payload
         if isinstance(payload, ThreadOpened):
             self._open(conn, event, payload.title, payload.state, payload.priority, payload.is_control)
-            self._post(conn, env, payload.post_id, payload.body, title=payload.title)
+            self._post(conn, event, payload.post_id, payload.body, title=payload.title)
         elif isinstance(payload, PostAdded):
-            self._post(conn, env, payload.post_id, payload.body)
+            self._post(conn, event, payload.post_id, payload.body)
         elif isinstance(payload, ThreadAssigned):
             conn.execute(
                 "UPDATE forum_thread_views SET assignee_type = ?, assignee_name = ? WHERE thread_id = ?",
@@ -74,7 +77,7 @@ class ThreadViewsProjection:
             if payload.opens_thread:
                 self._open(conn, event, payload.title, payload.state, payload.priority, True)
                 title = payload.title
-            self._post(conn, env, payload.post_id, payload.body, title=title)
+            self._post(conn, event, payload.post_id, payload.body, title=title)
         else:  # an event type this projection does not know: nothing of ours to change
             return
         conn.execute(
@@ -86,6 +89,7 @@ class ThreadViewsProjection:
     def clear(self, conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM forum_thread_views")
         conn.execute("DELETE FROM forum_search")
+        conn.execute("DELETE FROM forum_search_threads")
 
     @staticmethod
     def _open(
@@ -102,13 +106,22 @@ class ThreadViewsProjection:
         )
 
     @staticmethod
-    def _post(conn: sqlite3.Connection, env: Envelope, post_id: str, body: str, title: str = "") -> None:
+    def _post(conn: sqlite3.Connection, event: EventMessage, post_id: str, body: str, title: str = "") -> None:
+        env = event.envelope
         conn.execute(
             "UPDATE forum_thread_views SET posts_count = posts_count + 1, last_post_at = ?,"
             " last_post_by_type = ?, last_post_by_name = ? WHERE thread_id = ?",
             (env.occurred_at, env.actor_type, env.actor_name or "", env.thread_id),
         )
         conn.execute(
-            "INSERT INTO forum_search (thread_id, post_id, title, body) VALUES (?, ?, ?, ?)",
-            (env.thread_id, post_id, title, body),
+            "INSERT INTO forum_search_threads (search_key, thread_id) VALUES (?, ?)"
+            " ON CONFLICT (thread_id) DO NOTHING",
+            (event.sequence, env.thread_id),
+        )
+        conn.execute(
+            "INSERT INTO forum_search (rowid, thread_id, post_id, title, body)"
+            f" SELECT (k.search_key << {SEARCH_POST_BITS}) + v.posts_count, ?, ?, ?, ?"
+            " FROM forum_search_threads k JOIN forum_thread_views v ON v.thread_id = k.thread_id"
+            f" WHERE k.thread_id = ? AND v.posts_count <= {SEARCH_MAX_POSTS}",
+            (env.thread_id, post_id, title, body, env.thread_id),
         )
