@@ -9,8 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,51 +17,14 @@ from urllib.parse import urlsplit
 
 from metawsm.waiting import wait_until
 from support.agents import LONG_AGENT
+from support.background import BackgroundCli
 from support.http import auth_headers
 
 SLA = {"forum": {"sla": {"escalation_minutes": 0.05}}}
 TICKET = "T-17"
 
 
-class Cli:
-    """``python -m metawsm ...`` running in the background, its output read line by line on threads."""
-
-    def __init__(self, env: Any, *args: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "metawsm", *args], cwd=env.repo, env=env.cli_env(),
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, encoding="utf-8")
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._readers = [threading.Thread(target=self._pump, args=(self.process.stdout, self.out), daemon=True),
-                         threading.Thread(target=self._pump, args=(self.process.stderr, self.err), daemon=True)]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _pump(stream: Any, into: list[str]) -> None:
-        for line in stream:
-            into.append(line.rstrip("\n"))
-
-    def wait_for(self, predicate: Any, what: str, timeout: float = 30.0) -> Any:
-        def check() -> Any:
-            found = predicate()
-            if not found and self.process.poll() is not None:
-                raise AssertionError(f"exited with {self.process.returncode} before {what}: {self.out} {self.err}")
-            return found
-
-        return wait_until(check, timeout=timeout, interval=0.02, message=f"{what}; out={self.out} err={self.err}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        self.process.send_signal(sig)
-        code = self.process.wait(timeout)
-        for reader in self._readers:
-            reader.join(timeout)
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+Cli = BackgroundCli
 
 
 def ask(env: Any, run_id: str, question: str) -> str:

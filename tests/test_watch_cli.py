@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import shlex
 import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from metawsm.cli.watch_cmd import Watcher
 from metawsm.waiting import wait_until
 from support.agents import LONG_AGENT
+from support.background import BackgroundCli
 
 SLA = {"forum": {"sla": {"escalation_minutes": 0.05}}}
 TICKET = "T-17"
@@ -22,47 +20,9 @@ printf '%s|%s|%s|%s|%s\\n' "$METAWSM_EVENT" "$METAWSM_RUN_ID" "$METAWSM_RUN_STAT
 """
 
 
-class Cli:
-    """``python -m metawsm ...`` in the background, its output read line by line on threads."""
-
-    def __init__(self, env: Any, *args: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "metawsm", *args], cwd=env.repo, env=env.cli_env(),
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, encoding="utf-8")
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._readers = [threading.Thread(target=self._pump, args=(self.process.stdout, self.out), daemon=True),
-                         threading.Thread(target=self._pump, args=(self.process.stderr, self.err), daemon=True)]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _pump(stream: Any, into: list[str]) -> None:
-        for line in stream:
-            into.append(line.rstrip("\n"))
-
+class Cli(BackgroundCli):
     def alerts(self, event: str) -> list[str]:
         return [line for line in self.out if f"ALERT {event}:" in line]
-
-    def wait_for(self, predicate: Any, what: str, timeout: float = 30.0) -> Any:
-        def check() -> Any:
-            found = predicate()
-            if not found and self.process.poll() is not None:
-                raise AssertionError(f"exited with {self.process.returncode} before {what}: {self.out} {self.err}")
-            return found
-
-        return wait_until(check, timeout=timeout, interval=0.02, message=f"{what}; out={self.out} err={self.err}")
-
-    def finish(self, timeout: float = 30.0) -> int:
-        code = self.process.wait(timeout)
-        for reader in self._readers:
-            reader.join(timeout)
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 def ask(env: Any, run_id: str, question: str) -> None:

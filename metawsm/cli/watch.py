@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from typing import Any
 
@@ -34,6 +33,7 @@ from metawsm.cli.client import (
     ServerAddress,
 )
 from metawsm.cli.output import event_line
+from metawsm.cli.stopping import until_signalled
 
 STREAM_PATH = "/api/v1/forum/stream"
 HANDSHAKE_TIMEOUT = 5.0
@@ -169,23 +169,7 @@ def _reason(error: BaseException) -> str:
 
 
 async def _main(follower: Follower) -> int:
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    stopping = False
-
-    def stop() -> None:
-        nonlocal stopping
-        stopping = True
-        task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
-    try:
-        await follower.run()
-    except asyncio.CancelledError:
-        if not stopping:
-            raise
+    await until_signalled(follower.run())
     return 0
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from metawsm.cli.operator_cmd import (
     check_selection,
     unhealthy_agents,
 )
+from metawsm.cli.stopping import until_signalled
 
 if TYPE_CHECKING:  # imported where used: every other command loads this module at start-up
     import aiohttp
@@ -345,23 +345,7 @@ class Watcher:
 
 
 async def _main(watcher: Watcher) -> None:
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    stopping = False
-
-    def stop() -> None:
-        nonlocal stopping
-        stopping = True
-        task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
-    try:
-        await watcher.run()
-    except asyncio.CancelledError:
-        if not stopping:
-            raise
+    if await until_signalled(watcher.run()):
         click.echo("Watch stopped.")
 
 
