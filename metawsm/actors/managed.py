@@ -113,12 +113,14 @@ class ManagedActor(pykka.ThreadingActor):
 
         Both builders run on the *answering* actor's thread, so they must only build a message
         (no access to this actor's state).  Send it with ``ref.tell(Request(body, handle))`` or
-        :meth:`Supervisor.tell_child`.  An answer that arrives after this incarnation died is
-        dropped.
+        :meth:`Supervisor.tell_child`.  A builder that returns None tells nothing (an answer this
+        actor does not need); an answer that arrives after this incarnation died is dropped.
         """
         ref = self.actor_ref
 
         def deliver(message: Any) -> None:
+            if message is None:
+                return
             try:
                 ref.tell(message)
             except pykka.ActorDeadError:

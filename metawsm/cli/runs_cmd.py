@@ -447,6 +447,23 @@ def _lines_on_refusal(codes: tuple[str, ...], call: Callable[[], Any]) -> Any:
         raise SystemExit(failure.exit_code) from None
 
 
+def _report(server: str, run_id: str, ticket: str, action: str, body: dict[str, Any], *,
+            refusals: tuple[str, ...] = (), timeout: float = COMMIT_TIMEOUT, as_json: bool) -> dict[str, Any] | None:
+    """POST a run action and return its report (``data[action]``); None once ``--json`` printed it.
+
+    A refusal with one of ``refusals`` is printed one ``error:`` line per problem.
+    """
+    client = DaemonClient(server, read_timeout=timeout)
+    run_id = resolve_run_id(client, run_id, ticket)
+    response = _lines_on_refusal(refusals, lambda: client.post(f"{API}/{path_segment(run_id)}/{action}", body,
+                                                                ok=(200,)))
+    if as_json:
+        print_json(response)
+        return None
+    report: dict[str, Any] = response.data[action.replace("-", "_")]
+    return report
+
+
 @cli.command("commit")
 @select_options
 @click.option("--message", "-m", default="", help='Commit message (default: "<ticket>: <first line of the goal>").')
@@ -460,14 +477,10 @@ def commit(run_id: str, ticket: str, message: str, dry_run: bool, server: str, a
     The checks are the policy's git_pr.required_checks: forbidden_files, tests (git_pr.test_commands,
     run in each repository's checkout), clean_tree.  The agent's own commits stay on the branch.
     """
-    client = DaemonClient(server, read_timeout=COMMIT_TIMEOUT)
-    run_id = resolve_run_id(client, run_id, ticket)
-    response = _lines_on_refusal(("commit_checks_failed",), lambda: client.post(
-        f"{API}/{path_segment(run_id)}/commit", {"message": message, "dry_run": dry_run}, ok=(200,)))
-    if as_json:
-        print_json(response)
+    report = _report(server, run_id, ticket, "commit", {"message": message, "dry_run": dry_run},
+                     refusals=("commit_checks_failed",), as_json=as_json)
+    if report is None:
         return
-    report = response.data["commit"]
     p = _printer()
     p.line(f"{report['run_id']}  commit" + ("  (dry run)" if report.get("dry_run") else ""))
     verbs = {"committed": "committed", "clean": "nothing to commit", "would_commit": "would commit"}
@@ -499,14 +512,10 @@ def merge(run_id: str, ticket: str, push: bool, dry_run: bool, server: str, as_j
     conflicts, the base branch's checkout has local changes or a workspace has uncommitted work.
     A clean checkout of the base branch is updated as `git merge` there would.
     """
-    client = DaemonClient(server, read_timeout=COMMIT_TIMEOUT)
-    run_id = resolve_run_id(client, run_id, ticket)
-    response = _lines_on_refusal(("merge_refused",), lambda: client.post(
-        f"{API}/{path_segment(run_id)}/merge", {"push": push, "dry_run": dry_run}, ok=(200,)))
-    if as_json:
-        print_json(response)
+    report = _report(server, run_id, ticket, "merge", {"push": push, "dry_run": dry_run},
+                     refusals=("merge_refused",), as_json=as_json)
+    if report is None:
         return
-    report = response.data["merge"]
     p = _printer()
     p.line(f"{report['run_id']}  merge" + ("  (dry run)" if report.get("dry_run") else ""))
     dry = bool(report.get("dry_run"))
@@ -542,15 +551,10 @@ def pr(run_id: str, ticket: str, title: str, body: str, draft: bool, dry_run: bo
     the page that opens the pull request is printed.  The github provider uses the gh CLI
     (see `metawsm auth check`).
     """
-    client = DaemonClient(server, read_timeout=COMMIT_TIMEOUT)
-    run_id = resolve_run_id(client, run_id, ticket)
-    response = _lines_on_refusal(("pr_refused",), lambda: client.post(
-        f"{API}/{path_segment(run_id)}/pr", {"title": title, "body": body, "draft": draft, "dry_run": dry_run},
-        ok=(200,)))
-    if as_json:
-        print_json(response)
+    report = _report(server, run_id, ticket, "pr", {"title": title, "body": body, "draft": draft, "dry_run": dry_run},
+                     refusals=("pr_refused",), as_json=as_json)
+    if report is None:
         return
-    report = response.data["pr"]
     p = _printer()
     p.line(f"{report['run_id']}  pr ({report['provider']})" + ("  (dry run)" if report.get("dry_run") else ""))
     for row in report.get("pull_requests", []):
@@ -585,14 +589,10 @@ def review_sync(run_id: str, ticket: str, dispatch: bool, server: str, as_json: 
     git_pr.review_feedback.ignore_authors are skipped.  --dispatch sends what is queued to the
     agents, as `metawsm iterate` would.
     """
-    client = DaemonClient(server, read_timeout=COMMIT_TIMEOUT)
-    run_id = resolve_run_id(client, run_id, ticket)
-    response = _lines_on_refusal(("pr_refused",), lambda: client.post(
-        f"{API}/{path_segment(run_id)}/review-sync", {"dispatch": dispatch}, ok=(200,)))
-    if as_json:
-        print_json(response)
+    report = _report(server, run_id, ticket, "review-sync", {"dispatch": dispatch}, refusals=("pr_refused",),
+                     as_json=as_json)
+    if report is None:
         return
-    report = response.data["review_sync"]
     line = (f"{report['run_id']}  review sync: {report.get('pull_requests', 0)} pull request(s), "
             f"{report.get('new', 0)} new, {report.get('ignored', 0)} ignored, {report.get('queued', 0)} queued")
     if report.get("dispatched"):
@@ -648,14 +648,10 @@ def iterate(run_id: str, ticket: str, feedback: str, agent: str, dry_run: bool, 
     """
     if not feedback.strip():
         fail("--feedback is required", 2)
-    client = DaemonClient(server, read_timeout=RUN_TIMEOUT)
-    run_id = resolve_run_id(client, run_id, ticket)
-    response = client.post(f"{API}/{path_segment(run_id)}/iterate",
-                           {"feedback": feedback, "agent": agent, "dry_run": dry_run}, ok=(200,))
-    if as_json:
-        print_json(response)
+    report = _report(server, run_id, ticket, "iterate", {"feedback": feedback, "agent": agent, "dry_run": dry_run},
+                     timeout=RUN_TIMEOUT, as_json=as_json)
+    if report is None:
         return
-    report = response.data["iterate"]
     p = _printer()
     if report.get("dry_run"):
         p.line(f"{report['run_id']}  iteration {report['iteration']} (dry run): nothing changed")

@@ -192,8 +192,7 @@ class Operator(ManagedActor):
         delay = min(due, default=MAX_DEADLINE_SECONDS)
         delay = min(max(delay, MIN_DEADLINE_SECONDS), MAX_DEADLINE_SECONDS)
         self.next_deadline = f"in {delay:.2f}s" if due else ""
-        generation, ref = self.generation, self.actor_ref
-        self.system.scheduler.call_later(delay, lambda: self._tell(ref, _Deadline(generation)))
+        self.tell_self_later(delay, _Deadline(self.generation))
 
     @staticmethod
     def _tell(ref: Any, message: Any) -> None:
@@ -315,7 +314,7 @@ class Operator(ManagedActor):
         def refused(error: BaseException) -> Any:
             return _Executed(decision_id, f"the forum refused {type(request).__name__}: {error}")
 
-        reply = self._reply(accepted, refused)
+        reply = self.reply_to_self(accepted, refused)
         if not self.system.tell(INTAKE, Request(body=Submit(request, thread_id, default_actor_type="system"),
                                                 reply=reply)):
             self.tell_self(_Executed(decision_id, "the forum intake is not running"))
@@ -325,22 +324,10 @@ class Operator(ManagedActor):
 
     def _ask_runs(self, decision: Decision, command: Any) -> None:
         decision_id = decision.id
-        reply = self._reply(lambda _value: _Executed(decision_id),
+        reply = self.reply_to_self(lambda _value: _Executed(decision_id),
                             lambda error: _Executed(decision_id, str(error) or type(error).__name__))
         if not self.system.tell(RUNS, Request(body=command, reply=reply)):
             self.tell_self(_Executed(decision_id, "the run supervisor is not running"))
-
-    def _reply(self, on_value: Any, on_error: Any) -> Any:
-        """Like reply_to_self, but an answer that builds no message (None) is dropped."""
-        ref = self.actor_ref
-
-        def deliver(message: Any) -> None:
-            if message is not None:
-                self._tell(ref, message)
-
-        from metawsm.actors.bridge import CallbackReply
-
-        return CallbackReply(lambda value: deliver(on_value(value)), lambda error: deliver(on_error(error)))
 
     def _agent_decided(self, decision_id: int) -> None:
         decision = schema_operator.decision(self._db, decision_id)

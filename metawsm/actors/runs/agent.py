@@ -111,7 +111,7 @@ class TmuxAgent(ManagedActor):
         self._last_write = 0.0
         self._activity_stored = False  # whether a last_activity_at has been written by this actor
         self._stored_times: tuple[float | None, float | None] = (None, None)  # activity, progress last written
-        self.tracker_activity: tuple[Any, ...] = ()  # what the last poll saw: a poll that sees the same is quiet
+        self._last_seen: tuple[Any, ...] = ()  # what the last poll saw: a poll that sees the same is quiet
         self._quiet_polls = 0
         self._next_delay = self.thresholds.poll_seconds
         self.watching = self.status not in ("stopped", "failed", "cleaned")
@@ -257,16 +257,7 @@ class TmuxAgent(ManagedActor):
         while the pane stays quiet (runs.health.next_poll_delay), so idle agents cost little."""
         if generation != self._generation or not self.watching:
             return  # superseded (restart/kill/stop): the chain ends here
-        me = self.actor_ref
-        delay = self._next_delay
-
-        def tick() -> None:
-            try:
-                me.tell(_Poll(generation))
-            except Exception:  # noqa: BLE001 - actor gone: the chain ends
-                pass
-
-        self.system.scheduler.call_later(delay, tick)
+        self.tell_self_later(self._next_delay, _Poll(generation))
 
     def _poll(self) -> None:
         launch = self.launch
@@ -303,11 +294,11 @@ class TmuxAgent(ManagedActor):
             last_progress=self.last_progress,
             completed=completed,
         )
-        activity_before = self.tracker_activity
+        activity_before = self._last_seen
         health = self.tracker.observe(observation)
-        self.tracker_activity = (self.last_activity, self.last_progress, info.pane_pid, health)
-        quiet = self.tracker.settled and activity_before == self.tracker_activity and health in ("healthy", "idle",
-                                                                                                "stalled")
+        self._last_seen = (self.last_activity, self.last_progress, info.pane_pid, health)
+        settled = self.tracker.settled and health in ("healthy", "idle", "stalled")
+        quiet = settled and activity_before == self._last_seen
         self._quiet_polls = self._quiet_polls + 1 if quiet else 0
         self._next_delay = next_poll_delay(self.thresholds, self._quiet_polls, observation, self.tracker.started_at)
         if health == "healthy":

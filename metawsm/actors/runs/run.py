@@ -203,39 +203,38 @@ class RunActor(Supervisor):
                     self._agent_failed(message)
                 # A command git, tmux or the filesystem refuses is answered with their reason; it
                 # never crashes the run (see refusals.py).
-                case StopRun():
+                case (StopRun() | ResumeRun() | RestartAgent() | CloseRun() | CommitRun() | MergeRun() | IterateRun()
+                      | OpenPullRequests() | SyncReviews()):
                     with provider_errors_refused():
-                        return self._stop_run()
-                case ResumeRun():
-                    with provider_errors_refused():
-                        return self._resume_run()
-                case RestartAgent(agent=agent):
-                    with provider_errors_refused():
-                        return self._restart_agents(agent)
-                case CloseRun():
-                    with provider_errors_refused():
-                        return self._close_run(message)
-                case CommitRun():
-                    with provider_errors_refused():
-                        return self._commit(message)
-                case MergeRun():
-                    with provider_errors_refused():
-                        return self._merge(message)
-                case IterateRun():
-                    with provider_errors_refused():
-                        return self._iterate(message)
-                case OpenPullRequests():
-                    with provider_errors_refused():
-                        return self._open_pull_requests(message)
-                case SyncReviews():
-                    with provider_errors_refused():
-                        return self._sync_reviews(message)
+                        return self._command(message)
                 case _:
                     return super().handle(message)
             return None
         finally:
             if not self.actor_stopped.is_set():  # a postponed message replayed here may have crashed it
                 self._status()  # keep the status describe() shows current
+
+    def _command(self, message: Any) -> Any:
+        match message:
+            case StopRun():
+                return self._stop_run()
+            case ResumeRun():
+                return self._resume_run()
+            case RestartAgent(agent=agent):
+                return self._restart_agents(agent)
+            case CloseRun():
+                return self._close_run(message)
+            case CommitRun():
+                return self._commit(message)
+            case MergeRun():
+                return self._merge(message)
+            case IterateRun():
+                return self._iterate(message)
+            case OpenPullRequests():
+                return self._open_pull_requests(message)
+            case SyncReviews():
+                return self._sync_reviews(message)
+        raise TypeError(f"not a run command: {type(message).__name__}")
 
     # -- steps ----------------------------------------------------------------------------
 
