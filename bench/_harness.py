@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from metawsm.forum.ledger_retention import applied_above_floor  # noqa: E402 - after the path tweak
 from metawsm.store import open_connection  # noqa: E402 - after the path tweak so a checkout runs as is
 from metawsm.transport.redis_process import RedisProcess  # noqa: E402 - after the sys.path set-up above
 
@@ -500,16 +501,15 @@ def machine_facts(redis_server: RedisProcess | None = None) -> str:
 
 
 def projections_caught_up(db_path: Path) -> bool:
-    """No pending outbox row and every projection applied every event."""
+    """No pending outbox row and every projection applied every event (above the ledger floor:
+    retention deletes the ledger rows of older events)."""
     conn = open_connection(db_path, read_only=True)
     try:
         pending = conn.execute("SELECT COUNT(*) FROM forum_outbox WHERE status = 'pending'").fetchone()[0]
-        events = conn.execute("SELECT COUNT(*) FROM forum_events").fetchone()[0]
-        applied = dict(conn.execute(
-            "SELECT projection_name, COUNT(*) FROM forum_projection_events GROUP BY projection_name").fetchall())
+        _, events, applied = applied_above_floor(conn)
     finally:
         conn.close()
-    return not pending and all(applied.get(p, 0) == events for p in PROJECTIONS)
+    return not pending and all(applied.get(p, (0, 0))[0] == events for p in PROJECTIONS)
 
 
 def wait_caught_up(db_path: Path, timeout: float = 120.0) -> float:
@@ -574,9 +574,11 @@ def check_invariants(db_path: Path, acknowledged: Sequence[dict[str, Any]]) -> t
         if missing > 10 or duplicated > 10:
             bad.append(f"... {missing} missing and {duplicated} duplicated acknowledged writes in all")
 
-        ledger = {name: (count, distinct) for name, count, distinct in conn.execute(
-            "SELECT projection_name, COUNT(*), COUNT(DISTINCT event_id) FROM forum_projection_events"
-            " GROUP BY projection_name")}
+        # Retention deletes the ledger rows of old events and moves the floor past them: exactly
+        # once means one row per event above it (with a floor of 0, every event).
+        floor, above, ledger = applied_above_floor(conn, distinct=True)
+        if floor:
+            found.append(f"ledger floor {floor}: {above} events above it")
         checkpoints = dict(conn.execute(
             "SELECT projection_name, last_sequence FROM forum_projection_checkpoints").fetchall())
         foreign = conn.execute(
@@ -586,8 +588,9 @@ def check_invariants(db_path: Path, acknowledged: Sequence[dict[str, Any]]) -> t
             count, distinct = ledger.get(name, (0, 0))
             found.append(f"projection {name}: ledger {count} rows ({distinct} distinct), "
                          f"checkpoint {checkpoints.get(name, 0)}")
-            if count != events or distinct != count:
-                bad.append(f"projection {name} applied {count} ledger rows ({distinct} distinct) for {events} events")
+            if count != above or distinct != count:
+                bad.append(f"projection {name} applied {count} ledger rows ({distinct} distinct) for {above} events"
+                           + (f" above the ledger floor {floor}" if floor else ""))
             if checkpoints.get(name, 0) != max_seq:
                 bad.append(f"projection {name} checkpoint {checkpoints.get(name, 0)} != max sequence {max_seq}")
         if foreign:

@@ -19,7 +19,8 @@ Afterwards, once the pipeline has drained, it checks the invariants of ``targets
 * every acknowledged write is in ``forum_events`` exactly once (by correlation id; a 202's
   ``event_id`` is the command's event id, which is the event's id);
 * every projection applied every event exactly once (``forum_projection_events`` rows per
-  projection == events, no duplicates, checkpoints at the newest sequence);
+  projection == events above the ledger floor, which retention moves past old events whose rows
+  it deleted, and 0 until it does; no duplicates, checkpoints at the newest sequence);
 * thread view counters equal a recount from the write model (``posts_count`` vs
   ``forum_posts``, state/priority/last sequence, ``thread_stats`` vs a GROUP BY);
 * no duplicate sequence within one WebSocket connection (and, across each client's

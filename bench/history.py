@@ -160,8 +160,9 @@ def build_history(db_path: Path, commands: int, per_thread: int, history_days: f
         # sequence of its opening event, a post's rowid is key << 24 plus its number in the thread
         statements.append("INSERT INTO forum_search_threads (search_key, thread_id)"
                           f" SELECT t * {p} + 1, thread FROM hx WHERE k = 0")
-        statements.append("INSERT INTO forum_search (rowid, thread_id, post_id, title, body)"
-                          f" SELECT ((t * {p} + 1) << 24) + k + 1, thread, post, CASE k WHEN 0 THEN title ELSE '' END,"
+        # contentless since migration 13: only rowid, title and body
+        statements.append("INSERT INTO forum_search (rowid, title, body)"
+                          f" SELECT ((t * {p} + 1) << 24) + k + 1, CASE k WHEN 0 THEN title ELSE '' END,"
                           " body FROM hx")
     for statement in statements:
         conn.execute(statement)
@@ -391,7 +392,7 @@ def main() -> int:
         if args.reads_only:
             redis_server.stop()
             return 0
-        keep_everything = {"outbox_days": 3650, "stream_days": 3650}
+        keep_everything = {"outbox_days": 3650, "stream_days": 3650, "ledger_days": 3650}
         results: dict[str, list[tuple[float, float]]] = {}
         reads: tuple[list[float], list[float]] = ([], [])
         load.reset()

@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from metawsm.daemon import Daemon
+from metawsm.forum.ledger_retention import applied_above_floor
 from metawsm.forum.requests import AddPostRequest, OpenThreadRequest
 from metawsm.forum.service import ForumService
 from metawsm.policy import policy_from_mapping
@@ -127,14 +128,15 @@ def drained(db_path: Path) -> tuple[int, dict[str, int], int] | None:
     try:
         pending = conn.execute("SELECT COUNT(*) FROM forum_outbox WHERE status = 'pending'").fetchone()[0]
         events = conn.execute("SELECT COUNT(*) FROM forum_events").fetchone()[0]
-        applied = dict(conn.execute(
-            "SELECT projection_name, COUNT(*) FROM forum_projection_events GROUP BY projection_name").fetchall())
+        # Ledger rows above the retention floor, one per event there; every event at or below it
+        # was applied by every projection (the floor counts them: sequences have no gaps).
+        floor, above, ledger = applied_above_floor(conn)
         parked = conn.execute("SELECT COUNT(*) FROM forum_parked_messages").fetchone()[0]
     finally:
         conn.close()
-    if pending or len(applied) < 4 or any(n != events for n in applied.values()):
+    if pending or len(ledger) < 4 or any(rows != above for rows, _ in ledger.values()):
         return None
-    return events, applied, parked
+    return events, {name: floor + rows for name, (rows, _) in ledger.items()}, parked
 
 
 def row(name: str, seconds: list[float]) -> str:

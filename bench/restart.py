@@ -49,6 +49,7 @@ from _harness import (
     table,
     wait_caught_up,
 )
+from metawsm.forum.ledger_retention import applied_above_floor
 from metawsm.store import open_connection
 
 TICKET = "RESTART"
@@ -123,15 +124,17 @@ class Writer:
 
 
 def applied_counts(db_path: Path) -> tuple[int, int]:
-    """(events in the log, events applied by the slowest projection)."""
+    """(events in the log, events applied by the slowest projection).
+
+    Retention deletes the ledger rows of old events and moves the ledger floor past them; every
+    event at or below it was applied everywhere, and the floor counts them (sequences have no
+    gaps), so applied = floor + ledger rows above it."""
     conn = open_connection(db_path, read_only=True)
     try:
-        events = conn.execute("SELECT COUNT(*) FROM forum_events").fetchone()[0]
-        applied = dict(conn.execute(
-            "SELECT projection_name, COUNT(*) FROM forum_projection_events GROUP BY projection_name").fetchall())
+        floor, above, ledger = applied_above_floor(conn)
     finally:
         conn.close()
-    return events, min(applied.get(p, 0) for p in PROJECTIONS)
+    return floor + above, floor + min(ledger.get(p, (0, 0))[0] for p in PROJECTIONS)
 
 
 def drain(db_path: Path, target: int, started: float, timeout: float = 300.0) -> tuple[float, float]:

@@ -223,6 +223,9 @@ class ForumRetention(_Section, frozen=True):
     # Entries of streams nobody in this daemon consumes (integration topics); consumed streams
     # drop an entry as soon as every group has acknowledged it.
     stream_days: int | float = 7
+    # forum_projection_events rows (the projections' record of what they applied; their checkpoints
+    # are what makes applying idempotent) of events every projection has applied.
+    ledger_days: int | float = 7
     # How often the relay's retention sweep runs (deletes go in small batches).
     sweep_seconds: Seconds = 60
 
@@ -551,7 +554,7 @@ def _failures(p: Policy) -> Iterator[str]:
             yield f"forum.{field} must be > 0"
     if f.sla.escalation_minutes <= 0:
         yield "forum.sla.escalation_minutes must be > 0"
-    for field in ("outbox_days", "stream_days", "sweep_seconds"):
+    for field in ("outbox_days", "stream_days", "ledger_days", "sweep_seconds"):
         if getattr(f.retention, field) <= 0:
             yield f"forum.retention.{field} must be > 0"
 

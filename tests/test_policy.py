@@ -62,7 +62,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
                         "group": "metawsm-forum", "consumer": "operator", "embedded": "auto"},
               "max_attempts": 5, "write_wait_ms": 5000, "heartbeat_seconds": 15,
               "sla": {"escalation_minutes": 30}, "docs_sync": {"enabled": True},
-              "retention": {"outbox_days": 7, "stream_days": 7, "sweep_seconds": 60}},
+              "retention": {"outbox_days": 7, "stream_days": 7, "ledger_days": 7, "sweep_seconds": 60}},
     "git_pr": {"mode": "assist", "provider": "auto", "credential_mode": "local_user_auth",
                "branch_template": "{ticket}/{repo}/{run}",
                "require_all": True, "required_checks": ["tests", "forbidden_files", "ticket_workflow", "clean_tree"],
@@ -153,6 +153,14 @@ def test_missing_sections_and_keys_get_defaults(tmp_path: Path) -> None:
 def test_fractional_seconds_are_accepted(tmp_path: Path) -> None:
     policy = load_policy(write_json(tmp_path / "p.json", {"health": {"poll_seconds": 0.05}}))
     assert policy.health.poll_seconds == 0.05
+
+
+def test_retention_days_accept_fractions(tmp_path: Path) -> None:
+    retention = {"outbox_days": 0.5, "stream_days": 0.25, "ledger_days": 1.5 / 86400}
+    policy = load_policy(write_json(tmp_path / "p.json", {"forum": {"retention": retention}}))
+    assert policy.forum.retention.ledger_days == 1.5 / 86400
+    assert policy.forum.retention.outbox_days == 0.5
+    assert policy_from_mapping({"forum": {"retention": {"ledger_days": 7}}}).forum.retention.ledger_days == 7
 
 
 def test_round_trip_write_then_load(tmp_path: Path) -> None:
@@ -341,6 +349,7 @@ CASES: list[tuple[dict[str, Any], str]] = [
     ({"forum.sla.escalation_minutes": 0}, "forum.sla.escalation_minutes must be > 0"),
     ({"forum.retention.outbox_days": 0}, "forum.retention.outbox_days must be > 0"),
     ({"forum.retention.stream_days": -1}, "forum.retention.stream_days must be > 0"),
+    ({"forum.retention.ledger_days": 0}, "forum.retention.ledger_days must be > 0"),
     ({"forum.retention.sweep_seconds": 0}, "forum.retention.sweep_seconds must be > 0"),
     ({"git_pr.mode": "always"}, "git_pr.mode must be off|assist|auto"),
     ({"git_pr.credential_mode": "token"}, "git_pr.credential_mode must be local_user_auth"),

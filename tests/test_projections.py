@@ -20,9 +20,9 @@ from metawsm.forum.projections.registry import (
     create_projection,
 )
 from metawsm.forum.projections.thread_stats import ThreadStatsProjection
-from metawsm.forum.projections.thread_views import ThreadViewsProjection
+from metawsm.forum.projections.thread_views import ThreadViewsProjection, search_row_count, search_tokens
 from metawsm.store import Database, open_connection, write_transaction
-from metawsm.store.schema_forum import PROJECTION_TABLES
+from metawsm.store.schema_forum import PROJECTION_TABLES, SEARCH_POST_BITS
 from support.forum_events import ForumEvents, apply_all, clear_all
 
 
@@ -100,8 +100,8 @@ def test_thread_views_follow_every_event_type(conn: sqlite3.Connection) -> None:
         "opened_at": opened.envelope.occurred_at, "updated_at": opened.envelope.occurred_at,
         "closed_at": None,
     }
-    search = rows(conn, "SELECT thread_id, post_id, title, body FROM forum_search")
-    assert search == [{"thread_id": tid, "post_id": opened.payload.post_id, "title": "Build is red", "body": "It fails"}]
+    key = opened.sequence << SEARCH_POST_BITS  # the thread's search key: its first post's sequence
+    assert search_tokens(conn) == {key + 1: ("build is red", "it fails")}  # contentless: tokens, not text
 
     posted = ev.post(tid, "Looking into it", actor_type="human", actor_name="bob")
     apply_all(conn, [p], ev.take())
@@ -113,9 +113,7 @@ def test_thread_views_follow_every_event_type(conn: sqlite3.Connection) -> None:
         2, "human", posted.envelope.occurred_at,
     )
     assert row["opened_at"] == opened.envelope.occurred_at
-    assert rows(conn, "SELECT title, body FROM forum_search WHERE post_id = ?", posted.payload.post_id) == [
-        {"title": "", "body": "Looking into it"}
-    ]
+    assert search_tokens(conn)[key + 2] == ("", "looking into it")
 
     assigned = ev.assign(tid, "carol", assignee_type="operator", actor_type="operator", actor_name="op")
     apply_all(conn, [p], ev.take())
@@ -165,11 +163,12 @@ def test_thread_views_control_signals_open_and_post(conn: sqlite3.Connection) ->
     assert (row["state"], row["priority"], row["posts_count"]) == ("new", "normal", 2)
     assert (row["opened_by_type"], row["opened_by_name"], row["opened_at"]) == ("agent", "alice", first.envelope.occurred_at)
     assert (row["last_post_at"], row["last_event_sequence"]) == (second.envelope.occurred_at, 2)
-    search = rows(conn, "SELECT post_id, title FROM forum_search ORDER BY rowid")
-    assert search == [
-        {"post_id": first.payload.post_id, "title": "Control: alice"},
-        {"post_id": second.payload.post_id, "title": ""},
-    ]
+    key = first.sequence << SEARCH_POST_BITS
+    assert search_row_count(conn) == 2
+    assert {rowid: title for rowid, (title, _) in search_tokens(conn).items()} == {
+        key + 1: "control alice",
+        key + 2: "",
+    }
 
 
 # --- thread_stats ---------------------------------------------------------------------------
@@ -360,12 +359,18 @@ def snapshot(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
     result = {}
     for tables in PROJECTION_TABLES.values():
         for table in tables:
-            if table == "forum_search":
-                sql = "SELECT thread_id, post_id, title, body FROM forum_search ORDER BY post_id"
-            else:
-                sql = f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4"
+            if table == "forum_search":  # contentless: what it indexed, by rowid (thread key + post number)
+                result[table] = [(rowid, *tokens) for rowid, tokens in sorted(search_tokens(conn).items())]
+                continue
+            sql = f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4"
             result[table] = [tuple(r) for r in conn.execute(sql).fetchall()]
     return result
+
+
+def count(conn: sqlite3.Connection, table: str) -> int:
+    if table == "forum_search":  # contentless FTS5 (migration 13): cannot be scanned
+        return search_row_count(conn)
+    return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
 def test_clear_empties_owned_tables_only(conn: sqlite3.Connection) -> None:
@@ -376,12 +381,12 @@ def test_clear_empties_owned_tables_only(conn: sqlite3.Connection) -> None:
     for projection in projections:
         owned = PROJECTION_TABLES[projection.name]
         others = [t for name, ts in PROJECTION_TABLES.items() if name != projection.name for t in ts]
-        before = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in others}
-        assert all(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] > 0 for t in owned)
+        before = {t: count(conn, t) for t in others}
+        assert all(count(conn, t) > 0 for t in owned)
         with write_transaction(conn):
             projection.clear(conn)
-        assert all(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 0 for t in owned), projection.name
-        assert before == {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in others}
+        assert all(count(conn, t) == 0 for t in owned), projection.name
+        assert before == {t: count(conn, t) for t in others}
         apply_all(conn, [projection], ev.events)  # rebuild it for the next round
 
 
@@ -398,7 +403,8 @@ def test_replay_after_clear_equals_incremental(conn: sqlite3.Connection) -> None
     apply_all(conn, all_projections(), ev.events)  # fresh objects: projections keep no state
     assert snapshot(conn) == incremental
     # and a search still finds what the incremental index found
-    hits = conn.execute("SELECT DISTINCT thread_id FROM forum_search WHERE forum_search MATCH 'cafe'").fetchall()
+    hits = conn.execute(
+        f"SELECT DISTINCT rowid >> {SEARCH_POST_BITS} FROM forum_search WHERE forum_search MATCH 'cafe'").fetchall()
     assert len(hits) == 1
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from metawsm.forum.projections.thread_views import search_row_count, search_tokens
 from metawsm.forum.reads import ForumReader
 from metawsm.store import Database, write_transaction
 from metawsm.store.migrations import migrate
@@ -42,7 +43,8 @@ def history(conn: sqlite3.Connection) -> None:
 
 
 def search_rows(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-    return conn.execute("SELECT rowid, thread_id, post_id, title, body FROM forum_search ORDER BY rowid").fetchall()
+    """The index by rowid (contentless since migration 13: the tokens each row indexed)."""
+    return [(search_row_count(conn),), *sorted(search_tokens(conn).items())]
 
 
 def test_rowids_name_the_thread_and_the_post_number(conn: sqlite3.Connection) -> None:
@@ -52,8 +54,7 @@ def test_rowids_name_the_thread_and_the_post_number(conn: sqlite3.Connection) ->
     for thread_id, key in keys.items():
         first = conn.execute("SELECT MIN(sequence) FROM forum_events WHERE thread_id = ?", (thread_id,)).fetchone()[0]
         assert key == first
-        rowids = [r[0] for r in conn.execute(
-            "SELECT rowid FROM forum_search WHERE thread_id = ? ORDER BY rowid", (thread_id,))]
+        rowids = sorted(r for r in search_tokens(conn) if r >> SEARCH_POST_BITS == key)
         posts = conn.execute("SELECT posts_count FROM forum_thread_views WHERE thread_id = ?", (thread_id,)).fetchone()
         assert rowids == [(key << SEARCH_POST_BITS) + n for n in range(1, posts[0] + 1)]
 
@@ -66,21 +67,29 @@ def test_migration_12_rekeys_an_existing_index_as_the_projection_does(conn: sqli
     queries = ("deploy", "menu", "rollback deploy", "dep*", "cafe", "which")
     expected_hits = {q: [t.thread_id for t in reader.search(q)[0]] for q in queries}
     assert all(expected_hits[q] for q in ("deploy", "menu", "rollback deploy", "dep*", "cafe"))
-    # the index as migration 11 left it: the same rows, rowids in the order they were written
+    # the index as migration 11 left it: a row per post (the title on the thread's first), rowids
+    # in the order they were written; and migration 13 undone (it runs again after 12)
     with write_transaction(conn):
         conn.execute("DROP TABLE forum_search_threads")
-        conn.execute("ALTER TABLE forum_search RENAME TO forum_search_keyed_old")
+        conn.execute("DROP TABLE forum_search")
         conn.execute(
             "CREATE VIRTUAL TABLE forum_search USING fts5(thread_id UNINDEXED, post_id UNINDEXED, title, body,"
             " tokenize = 'unicode61 remove_diacritics 2')"
         )
         conn.execute("INSERT INTO forum_search (thread_id, post_id, title, body)"
-                     " SELECT thread_id, post_id, title, body FROM forum_search_keyed_old ORDER BY"
-                     " (SELECT e.sequence FROM forum_events e JOIN forum_posts p ON p.event_id = e.event_id"
-                     "  WHERE p.post_id = forum_search_keyed_old.post_id)")
-        conn.execute("DROP TABLE forum_search_keyed_old")
-        conn.execute("DELETE FROM schema_migrations WHERE version = 12")
-    assert migrate(conn) == [12]
+                     " SELECT p.thread_id, p.post_id, CASE WHEN e.sequence = (SELECT MIN(f.sequence)"
+                     "  FROM forum_events f JOIN forum_posts q ON q.event_id = f.event_id"
+                     "  WHERE q.thread_id = p.thread_id) THEN t.title ELSE '' END, p.body"
+                     " FROM forum_posts p JOIN forum_events e ON e.event_id = p.event_id"
+                     " JOIN forum_threads t ON t.thread_id = p.thread_id ORDER BY e.sequence")
+        conn.execute("DROP INDEX ix_forum_thread_queue_view_unanswered")
+        conn.execute("CREATE INDEX ix_forum_thread_queue_view_needs_answer_updated_at_thread_id"
+                     " ON forum_thread_queue_view (needs_answer, updated_at, thread_id)")
+        conn.execute("DROP INDEX ix_forum_thread_views_assigned")
+        conn.execute("CREATE INDEX ix_forum_thread_views_assignee_name_updated_at_thread_id"
+                     " ON forum_thread_views (assignee_name, updated_at, thread_id)")
+        conn.execute("DELETE FROM schema_migrations WHERE version IN (12, 13)")
+    assert migrate(conn) == [12, 13]
     assert search_rows(conn) == expected_rows
     assert conn.execute("SELECT * FROM forum_search_threads ORDER BY 1").fetchall() == expected_keys
     assert {q: [t.thread_id for t in reader.search(q)[0]] for q in queries} == expected_hits

@@ -27,7 +27,7 @@ from metawsm.store import (
     read_transaction,
     write_transaction,
 )
-from metawsm.store.schema_forum import ALL_TABLES, PROJECTION_TABLES, next_event_sequence
+from metawsm.store.schema_forum import ALL_TABLES, PROJECTION_TABLES, SEARCH_POST_BITS, next_event_sequence
 from metawsm.store.schema_runs import TABLES as RUN_TABLES
 
 # The contract, written out independently of the schema modules (docs/store.md).
@@ -80,7 +80,7 @@ CONTRACT: dict[str, set[str]] = {
         "pending_context", "pending_event_id", "completion_signalled", "completion_summary",
         "validation_status", "validation_done_criteria", "last_signal_at", "last_event_sequence",
     },
-    "forum_search": {"thread_id", "post_id", "title", "body"},
+    "forum_search": {"title", "body"},  # contentless FTS5 since migration 13; the rowid says the thread
     "forum_search_threads": {"search_key", "thread_id"},
     "forum_projection_events": {"projection_name", "event_id", "applied_at"},
     "forum_projection_checkpoints": {"projection_name", "last_sequence", "updated_at"},
@@ -483,21 +483,23 @@ def test_runbook_queries_run_verbatim(migrated: Path) -> None:
 
 def test_fts5_search_accepts_inserts_and_matches(migrated: Path) -> None:
     conn = open_connection(migrated)
+    first, second = (1 << SEARCH_POST_BITS) + 1, (2 << SEARCH_POST_BITS) + 1  # thread keys 1 and 2
     with write_transaction(conn):
         conn.execute(
-            "INSERT INTO forum_search (thread_id, post_id, title, body) VALUES (?, ?, ?, ?)",
-            ("fthr_1", "fpst_1", "Build is RED", "The café deploy failed on Tuesday"),
+            "INSERT INTO forum_search (rowid, title, body) VALUES (?, ?, ?)",
+            (first, "Build is RED", "The café deploy failed on Tuesday"),
         )
         conn.execute(
-            "INSERT INTO forum_search (thread_id, post_id, title, body) VALUES (?, ?, ?, ?)",
-            ("fthr_2", "fpst_2", "Unrelated", "nothing to see"),
+            "INSERT INTO forum_search (rowid, title, body) VALUES (?, ?, ?)",
+            (second, "Unrelated", "nothing to see"),
         )
-    hits = conn.execute("SELECT thread_id, post_id FROM forum_search WHERE forum_search MATCH ?", ("cafe",)).fetchall()
-    assert [tuple(h) for h in hits] == [("fthr_1", "fpst_1")]
-    by_title = conn.execute("SELECT thread_id FROM forum_search WHERE forum_search MATCH 'title:red'").fetchall()
-    assert [h[0] for h in by_title] == ["fthr_1"]
-    # UNINDEXED columns are stored, not searched
-    assert conn.execute("SELECT count(*) FROM forum_search WHERE forum_search MATCH 'fthr_2'").fetchone()[0] == 0
+    hits = conn.execute("SELECT rowid FROM forum_search WHERE forum_search MATCH ?", ("cafe",)).fetchall()
+    assert [h[0] for h in hits] == [first]
+    by_title = conn.execute("SELECT rowid FROM forum_search WHERE forum_search MATCH 'title:red'").fetchall()
+    assert [h[0] for h in by_title] == [first]
+    # contentless (migration 13): the text is indexed, not stored
+    assert [tuple(r) for r in conn.execute(
+        "SELECT title, body FROM forum_search WHERE forum_search MATCH 'cafe'")] == [(None, None)]
     conn.close()
 
 

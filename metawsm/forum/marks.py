@@ -4,6 +4,13 @@
   ``forum_command_results`` or is parked.  The CommandHandler writes it in the transaction that
   records the verdicts, so it is never ahead of them; start-up, reconcile and retention read it
   instead of scanning every command ever accepted.
+* ``ledger_floor``: no ``forum_projection_events`` row is left for an event at or below this
+  ``forum_events`` sequence, but those a projection rebuild wrote again; above it every projection
+  has exactly one row per event it applied.  Moved up only, by the ledger retention
+  (:mod:`metawsm.forum.ledger_retention`) in the transaction that deletes the rows.
+* ``ledger_swept``: where the ledger retention's next window starts; equal to ``ledger_floor``
+  except after a projection rebuild, which sets it to 0 in its clearing transaction (its replay
+  writes the old events' rows again), so the sweep goes over them once more.
 * ``storage_probe``: bumped by the OutboxRelay's probe write while the database could not be
   written (:mod:`metawsm.store.faults`); its value means nothing.
 """
@@ -13,6 +20,8 @@ from __future__ import annotations
 import sqlite3
 
 DECIDED_FLOOR = "decided_floor"
+LEDGER_FLOOR = "ledger_floor"
+LEDGER_SWEPT = "ledger_swept"
 STORAGE_PROBE = "storage_probe"
 
 

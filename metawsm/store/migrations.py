@@ -58,6 +58,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "operator decisions", schema_operator.apply),
     Migration(11, "operator decision context", schema_operator.apply_context),
     Migration(12, "forum search rows keyed by thread", schema_forum.apply_search_keys),
+    Migration(13, "contentless forum search, partial list indexes", schema_forum.apply_contentless_search),
 )
 
 

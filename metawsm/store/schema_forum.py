@@ -485,3 +485,59 @@ def apply_search_keys(db: sqlite_utils.Database) -> None:
     )
     db.execute("DROP TABLE forum_search")
     db.execute("ALTER TABLE forum_search_keyed RENAME TO forum_search")
+
+
+# --- migration 13: a contentless search index, partial queue/assignee indexes ------------------
+
+# What migration 13 leaves: only the index, no copy of the text (``content=''``) and no per-row
+# token counts (``columnsize=0``).  The text is in ``forum_posts`` (and the title in
+# ``forum_threads``); the rowid says the thread (migration 12), so nothing else is stored.
+_CREATE_CONTENTLESS_SEARCH = (
+    "CREATE VIRTUAL TABLE {name} USING fts5("
+    "title, body, content = '', columnsize = 0, "
+    "tokenize = 'unicode61 remove_diacritics 2')"
+)
+
+# The partial indexes of migration 13: most threads have no assignee and need no answer, so
+# these hold only the rows a filter can find.  A query uses one only when its WHERE holds the
+# index's condition verbatim (``v.assignee_name <> ''`` is added by ThreadFilters.where,
+# ``q.needs_answer = 1`` is the unanswered queue's own term).
+UNANSWERED_INDEX = "ix_forum_thread_queue_view_unanswered"
+ASSIGNED_INDEX = "ix_forum_thread_views_assigned"
+
+
+def apply_contentless_search(db: sqlite_utils.Database) -> None:
+    """Migration 13: ``forum_search`` keeps no text; two list indexes become partial.
+
+    ``forum_search`` becomes ``fts5(title, body, content='', columnsize=0)``: the index alone,
+    same rowids (migration 12), same matches.  Nothing reads a row back (searches read rowids
+    and MATCH), and the old ``thread_id``/``post_id`` columns are said by the rowid.  It cannot
+    be scanned or counted with ``SELECT``, a row cannot be deleted with ``DELETE`` (clearing it
+    is ``INSERT INTO forum_search(forum_search) VALUES('delete-all')``), and a duplicate rowid is
+    not refused.  Every existing row is copied into the new table (re-tokenising every post
+    once, in the migration's transaction: about 13 µs a post measured, budget up to a minute per
+    million posts as for migration 12); the old table's pages go to the free list, reused by
+    later writes (the file shrinks only on ``VACUUM``).
+
+    ``forum_thread_queue_view``'s ``(needs_answer, updated_at, thread_id)`` index becomes
+    ``(updated_at, thread_id) WHERE needs_answer = 1`` and ``forum_thread_views``'s
+    ``(assignee_name, updated_at, thread_id)`` one gets ``WHERE assignee_name <> ''``.
+    """
+    db.execute(_CREATE_CONTENTLESS_SEARCH.format(name="forum_search_contentless"))
+    db.execute(
+        "INSERT INTO forum_search_contentless (rowid, title, body)"
+        " SELECT rowid, COALESCE(title, ''), COALESCE(body, '') FROM forum_search ORDER BY rowid"
+    )
+    db.execute("DROP TABLE forum_search")
+    db.execute("ALTER TABLE forum_search_contentless RENAME TO forum_search")
+
+    db.execute("DROP INDEX ix_forum_thread_queue_view_needs_answer_updated_at_thread_id")
+    db.execute(
+        f"CREATE INDEX {UNANSWERED_INDEX} ON forum_thread_queue_view (updated_at, thread_id)"
+        " WHERE needs_answer = 1"
+    )
+    db.execute("DROP INDEX ix_forum_thread_views_assignee_name_updated_at_thread_id")
+    db.execute(
+        f"CREATE INDEX {ASSIGNED_INDEX} ON forum_thread_views (assignee_name, updated_at, thread_id)"
+        " WHERE assignee_name <> ''"
+    )

@@ -28,6 +28,7 @@ from metawsm.actors import storage
 from metawsm.actors.forum.messages import BROKER, Applied, Deliver, DeliveryReport, Rebuild, RebuildResult
 from metawsm.actors.managed import ActorContext, ManagedActor
 from metawsm.clock import now_text
+from metawsm.forum import marks as forum_marks  # "marks" is a local name below
 from metawsm.forum.messages import EventMessage
 from metawsm.forum.projections.registry import create_projection
 from metawsm.forum.write_model import EVENT_COLUMNS, event_from_row
@@ -323,6 +324,9 @@ class ProjectionActor(ManagedActor):
             with write_transaction(self.conn):
                 self.projection.clear(self.conn)
                 self.conn.execute("DELETE FROM forum_projection_events WHERE projection_name = ?", (self.name,))
+                # The replay writes rows again for events whose rows the ledger retention already
+                # deleted: the sweep starts over from the first event and deletes them once more.
+                forum_marks.write(self.conn, forum_marks.LEDGER_SWEPT, 0, now_text())
                 self.checkpoint = 0
                 self._save_checkpoint()
         except sqlite3.Error as error:

@@ -20,10 +20,11 @@ database once a second (a small write in ``forum_marks``); the first probe that 
 the fault, writes the missing marks, runs a reconcile it owes, and the whole pipeline resumes.
 
 **Retention** (``forum.retention``): every ``sweep_seconds`` the relay deletes outbox rows that
-are done (:mod:`metawsm.forum.retention`), a window at a time, each window a message of its own
-so publishing goes on between them.  The stream trim (every 30 s, or ``sweep_seconds`` if
-shorter) cuts what every group acknowledged, and the streams nobody here consumes at
-``stream_days``.
+are done (:mod:`metawsm.forum.retention`), then the projection ledger rows of events older than
+``ledger_days`` that every projection has applied (:mod:`metawsm.forum.ledger_retention`), a
+window at a time, each window a message of its own so publishing goes on between them.  The
+stream trim (every 30 s, or ``sweep_seconds`` if shorter) cuts what every group acknowledged,
+and the streams nobody here consumes at ``stream_days``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from metawsm.actors.managed import ManagedActor
 from metawsm.actors.messages import FailureInfo
 from metawsm.actors.scheduler import PacedTick
 from metawsm.clock import format_time, now_text, utc_now
-from metawsm.forum import marks, outbox, retention
+from metawsm.forum import ledger_retention, marks, outbox, retention
 from metawsm.forum.errors import ForumError
 from metawsm.forum.messages import encode
 from metawsm.forum.write_model import EVENT_COLUMNS, event_from_row
@@ -81,9 +82,11 @@ class _MarkSent(msgspec.Struct, frozen=True):
 
 
 class _Prune(msgspec.Struct, frozen=True):
-    """Retention: delete the next window of done outbox rows (``resume``: go on from the last one)."""
+    """Retention: delete the next window of done outbox rows, or once they are all gone (``ledger``)
+    of old ledger rows (``resume``: go on with the sweep under way)."""
 
     resume: bool = False
+    ledger: bool = False
 
 
 # Tells: WorkAvailable (from the intake and the handler), Flush (its own; force=True from the
@@ -116,6 +119,7 @@ class OutboxRelay(ManagedActor):
         self._unmarked: set[int] = set()
         self._mark_queued = False
         self._owed_reconcile = ""  # a reconcile the database could not take: run when it can
+        self._pruning = False  # a retention sweep is under way (its windows follow one another)
         self._prune_after = 0  # the retention sweep's position (outbox id) within a sweep
         self._backoff = 0.0
         self._retry_at = 0.0
@@ -124,7 +128,9 @@ class OutboxRelay(ManagedActor):
         self.published_total = 0
         self.last_published_at: str | None = None
         self.pruned_total = 0
-        self.retention_sweeps = 0  # sweeps completed (every done row of the outbox looked at)
+        self.ledger_rows_deleted = 0
+        self.ledger_floor = ledger_retention.floor(self.conn)  # as of this relay's last window
+        self.retention_sweeps = 0  # sweeps completed (every done outbox row and old ledger row looked at)
         self.stream_entries_trimmed = 0
         claim = services.namespace_claim
         # Half the claim's refresh interval: a refresh is never skipped for being a moment early.
@@ -152,6 +158,8 @@ class OutboxRelay(ManagedActor):
             "backoff_ms": round(self._backoff * 1000),
             "unmarked": len(self._unmarked),
             "pruned_total": self.pruned_total,
+            "ledger_rows_deleted": self.ledger_rows_deleted,
+            "ledger_floor": self.ledger_floor,
             "retention_sweeps": self.retention_sweeps,
             "stream_entries_trimmed": self.stream_entries_trimmed,
             "storage_fault": fault.reason if fault is not None else None,
@@ -181,8 +189,8 @@ class OutboxRelay(ManagedActor):
                 self._maybe_trim()
                 self._refresh_claim()
                 self._sweeper.done(active=self._sweep_was_busy())
-            case _Prune(resume=resume):
-                self._prune(resume)
+            case _Prune(resume=resume, ledger=ledger):
+                self._prune(resume, ledger)
             case Reconcile(reason=reason):
                 return self._reconcile(reason)
             case ReplayParked(message_id=message_id):
@@ -315,41 +323,76 @@ class OutboxRelay(ManagedActor):
 
     # -- retention ------------------------------------------------------------------------
 
-    def _prune(self, resume: bool) -> None:
-        """One window of the retention sweep; the next one follows after a pause.
+    def _prune(self, resume: bool, ledger: bool) -> None:
+        """One window of the retention sweep (outbox first, then ledger); the next one follows
+        after a pause.
 
         The pause is twice what the window took (at least ``PRUNE_PAUSE_SECONDS``): the sweep
         holds the write lock and this mailbox a third of the time at most, so a large backlog
         (the first sweep over a long history) slows writes down a little instead of queueing
-        them behind a million deletes.
+        them behind a million deletes.  A part with nothing (more) to delete ends at once, and
+        the sweep waits for the next tick.
         """
+        if resume != self._pruning:
+            return  # a tick while a sweep is under way, or the window of a sweep that ended
         if not resume:
-            if self._prune_after:
-                return  # a sweep is still under way: this tick is not needed
+            self._pruning = True
             self._prune_after = 0
         if self.storage.fault is not None:
-            self._prune_after = 0
+            self._end_prune(completed=False)
             return  # a delete needs room in the WAL too: the next sweep prunes
         started = time.monotonic()
+        try:
+            more = self._prune_ledger() if ledger else self._prune_outbox()
+        except sqlite3.Error as error:
+            if self.storage.report(error) is None:
+                raise
+            self._end_prune(completed=False)  # the next sweep starts over, once the disk is back
+            return
+        if not more:
+            if ledger:
+                self._end_prune(completed=True)
+                return
+            ledger = True  # the outbox is done: the ledger's windows follow
+        pause = max(PRUNE_PAUSE_SECONDS, 2 * (time.monotonic() - started))
+        self.system.scheduler.call_later(pause, functools.partial(_safe_tell, self.actor_ref,
+                                                                  _Prune(resume=True, ledger=ledger)))
+
+    def _prune_outbox(self) -> bool:
+        """Delete one window of done outbox rows; whether more windows follow."""
         cutoff = format_time(utc_now() - timedelta(days=float(self.retention.outbox_days)))
         window = retention.window(self.conn, self.services.topics, cutoff=cutoff, after_id=self._prune_after)
         if window.ids:
-            try:
-                with write_transaction(self.conn):
-                    deleted = retention.delete(self.conn, window.ids)
-            except sqlite3.Error as error:
-                if self.storage.report(error) is None:
-                    raise
-                self._prune_after = 0  # the next sweep starts over, once the disk is back
-                return
+            with write_transaction(self.conn):
+                deleted = retention.delete(self.conn, window.ids)
             self.pruned_total += deleted
-        if window.done:
-            self._prune_after = 0
+        self._prune_after = 0 if window.done else window.last_id
+        return not window.done
+
+    def _prune_ledger(self) -> bool:
+        """Delete the ledger rows of one window of old events; whether more windows follow.
+
+        The window starts from the position persisted in ``forum_marks``, so there is none to keep
+        here, and a window gone stale (a projection rebuilt meanwhile) is simply read again from
+        the marks as they are now.
+        """
+        cutoff = format_time(utc_now() - timedelta(days=float(self.retention.ledger_days)))
+        window = ledger_retention.window(self.conn, cutoff=cutoff)
+        deleted: int | None = 0
+        if window.event_ids:
+            with write_transaction(self.conn):
+                deleted = ledger_retention.delete(self.conn, window, now_text())
+        self.ledger_floor = ledger_retention.floor(self.conn)
+        if deleted is None:
+            return True
+        self.ledger_rows_deleted += deleted
+        return bool(window.event_ids) and not window.done
+
+    def _end_prune(self, *, completed: bool) -> None:
+        self._pruning = False
+        self._prune_after = 0
+        if completed:
             self.retention_sweeps += 1
-            return
-        self._prune_after = window.last_id
-        pause = max(PRUNE_PAUSE_SECONDS, 2 * (time.monotonic() - started))
-        self.system.scheduler.call_later(pause, functools.partial(_safe_tell, self.actor_ref, _Prune(resume=True)))
 
     def _refresh_claim(self) -> None:
         claim = self.services.namespace_claim

@@ -106,7 +106,13 @@ class ThreadFilters:
         )
 
     def where(self, alias: str, params: dict[str, Any]) -> list[str]:
-        """SQL conditions on ``alias`` (a thread view or queue view row); fills ``params``."""
+        """SQL conditions on ``alias`` (a thread view or queue view row); fills ``params``.
+
+        An assignee filter (never empty: empty means "any") also gets the literal
+        ``assignee_name <> ''``: it changes no result, and it is the condition of the partial
+        index ``ix_forum_thread_views_assigned`` (migration 13), which SQLite uses only when the
+        query's WHERE holds that term itself.
+        """
         clauses = []
         for name, column in (
             ("ticket", "ticket"), ("run_id", "run_id"), ("state", "state"),
@@ -116,6 +122,8 @@ class ThreadFilters:
             if value is not None:
                 params[f"f_{name}"] = value
                 clauses.append(f"{alias}.{column} = :f_{name}")
+        if self.assignee is not None:
+            clauses.append(f"{alias}.assignee_name <> ''")
         return clauses
 
 

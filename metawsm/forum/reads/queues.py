@@ -40,6 +40,8 @@ def queue(
     params: dict[str, Any] = {"limit": count + 1}
     flags.bind(viewer, params)
     where = ["q.state != 'closed'", *parsed.where("q", params), *after_cursor("q", cursor, params)]
+    # "q.needs_answer = 1" verbatim: the condition of the partial index the unanswered queue
+    # walks (ix_forum_thread_queue_view_unanswered, migration 13)
     where.append(flags.unseen("q") if kind == QueueType.UNSEEN.value else "q.needs_answer = 1")
     sql = (
         f"SELECT v.*, q.updated_at AS cursor_updated_at, q.thread_id AS cursor_thread_id, {flags.columns('q', viewer)}"

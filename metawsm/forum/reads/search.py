@@ -7,6 +7,7 @@ FTS5 as a quoted string, so FTS syntax in user input (``"``, ``*``, ``-``, ``OR`
 a term, meaning "words starting with".  A term without any letter or digit is ignored; a
 query with none at all finds nothing.  Results read only the ``thread_views`` read model, in
 list order (newest ``updated_at`` first, ``thread_id`` descending), with the list's keyset cursor.
+``forum_search`` is contentless (migration 13): only its rowids and MATCH are read, never a column.
 """
 
 from __future__ import annotations
