@@ -1,9 +1,12 @@
-"""Migration 13 (issue 19): a contentless search index and partial list indexes.
+"""Migrations 13 and 14 (issue 19): a contentless search index, partial list indexes, and a
+queue view without list indexes of its own.
 
 ``forum_search`` keeps no copy of the text, yet migrating an index written before finds the same
 threads in the same order (cursors included), a rebuild gives the same index, and the list with
 an assignee filter and the unanswered queue still walk an index, the new partial ones
-(docs/forum.md#search)."""
+(docs/forum.md#search).  Migration 14 leaves ``forum_thread_queue_view`` only its partial index:
+the unseen queue walks ``forum_thread_views``' indexes in order, with or without a ticket or run
+filter, and the unanswered queue still walks the partial one."""
 
 from __future__ import annotations
 
@@ -18,7 +21,12 @@ from metawsm.forum.projections.thread_views import ThreadViewsProjection, search
 from metawsm.forum.reads import ForumReader, Viewer, queues, threads
 from metawsm.store import MIGRATIONS, open_connection, write_transaction
 from metawsm.store.migrations import migrate
-from metawsm.store.schema_forum import ASSIGNED_INDEX, SEARCH_POST_BITS, UNANSWERED_INDEX
+from metawsm.store.schema_forum import (
+    ASSIGNED_INDEX,
+    QUEUE_VIEW_LIST_INDEXES,
+    SEARCH_POST_BITS,
+    UNANSWERED_INDEX,
+)
 from support.forum_events import ForumEvents, apply_all, ingest
 
 QUERIES = ("deploy", "menu", "rollback deploy", "dep*", "cafe", "which", "control", "nothing", "red deploy")
@@ -113,7 +121,7 @@ def test_migration_13_keeps_every_search_hit(conn: sqlite3.Connection, tmp_path:
     assert all(before[q] for q in QUERIES if q != "nothing") and before["nothing"] == []
     before_pages = {q: paged(reader, q) for q in ("deploy", "dep*", "red deploy")}
 
-    assert migrate(conn) == [13]
+    assert migrate(conn) == [13, 14]
 
     assert columns(conn, "forum_search") == ["title", "body"]
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'forum_search'").fetchone()[0]
@@ -219,3 +227,88 @@ def test_assignee_list_and_unanswered_queue_walk_the_partial_indexes(
                         " WHERE assignee_name <> ''").fetchone()[0] == 1
     needing = conn.execute("SELECT count(*) FROM forum_thread_queue_view WHERE needs_answer = 1").fetchone()[0]
     assert 0 < needing < conn.execute("SELECT count(*) FROM forum_thread_queue_view").fetchone()[0]
+
+
+def queue_view_indexes(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'forum_thread_queue_view'")}
+
+
+def schema(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in conn.execute(
+        "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name <> 'schema_migrations' ORDER BY name")]
+
+
+def test_migration_14_leaves_the_queue_view_only_its_partial_index(conn: sqlite3.Connection, tmp_path: Path) -> None:
+    assert migrate(conn, MIGRATIONS[:13]) == list(range(1, 14))
+    assert queue_view_indexes(conn) >= set(QUEUE_VIEW_LIST_INDEXES)
+    ev = ForumEvents()
+    history(ev)
+    events = ev.take()
+    ingest(conn, events)
+    reader = ForumReader(conn)
+    viewers = (("human", "bob"), ("agent", "alice"), ("human", "carol"))
+    cases = [(kind, filters, viewer) for kind in ("unseen", "unanswered") for viewer in viewers
+             for filters in ({}, {"ticket": "T-3"}, {"ticket": "T-9"}, {"run_id": "run_1"})]
+
+    def queues_paged() -> dict[str, list[tuple[list[tuple[Any, ...]], str | None]]]:
+        found = {}
+        for kind, filters, viewer in cases:
+            pages, cursor = [], None
+            for _ in range(100):
+                page, cursor = reader.queue(kind, *viewer, filters, cursor=cursor, limit=2)
+                pages.append(([(t.thread_id, t.is_unseen, t.is_unanswered) for t in page], cursor))
+                if cursor is None:
+                    break
+            found[f"{kind} {filters} {viewer}"] = pages
+        return found
+
+    before = queues_paged()
+    assert any(len(pages) > 1 for pages in before.values())
+
+    assert migrate(conn) == [14]
+
+    assert queue_view_indexes(conn) == {UNANSWERED_INDEX, "sqlite_autoindex_forum_thread_queue_view_1"}
+    assert queues_paged() == before  # same threads, flags, order and cursors
+    fresh = open_connection(tmp_path / "fresh.db")
+    try:
+        migrate(fresh)
+        assert schema(fresh) == schema(conn)  # a new database ends as an upgraded one
+    finally:
+        fresh.close()
+
+
+def test_unseen_queue_walks_the_thread_views_indexes(conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    migrate(conn)
+    ev = ForumEvents()
+    for i in range(300):
+        ev.open(f"Thread {i}", "body", ticket=f"T-{i % 7}", run_id=f"run_{i % 5}" if i % 2 else "",
+                actor_type="agent" if i % 3 else "human", actor_name="alice" if i % 3 else "bob")
+    for i, thread_id in enumerate(list(ev.threads)):
+        if i % 4 == 0:
+            ev.post(thread_id, "seen to", actor_type="human", actor_name="carol")
+        if i % 10 == 0:
+            ev.close(thread_id)
+    ingest(conn, ev.take())
+    reader = ForumReader(conn)
+    page, cursor = reader.queue("unseen", "human", "bob", limit=20)
+    assert len(page) == 20 and cursor is not None
+
+    for filters, index in (
+        ({}, "ix_forum_thread_views_updated_at_thread_id"),
+        ({"ticket": "T-3"}, "ix_forum_thread_views_ticket_updated_at_thread_id"),
+        ({"run_id": "run_1"}, "ix_forum_thread_views_run_id_updated_at_thread_id"),
+    ):
+        for after in (None, cursor):
+            lines = plan(conn, monkeypatch, queues,
+                         lambda f=filters, c=after: reader.queue("unseen", "human", "bob", f, cursor=c, limit=20))
+            assert lines[0].split(" ")[1] == "v", lines  # driven from v, q joined per row
+            assert walks_index(lines, "v", index), lines
+            assert not any("TEMP B-TREE" in line for line in lines), lines
+            assert not any(line.startswith("SCAN") and "INDEX" not in line for line in lines), lines
+            assert not any("ix_forum_thread_queue_view" in line for line in lines), lines
+    for filters in ({}, {"ticket": "T-3"}, {"run_id": "run_1"}):
+        lines = plan(conn, monkeypatch, queues, lambda f=filters: reader.queue("unanswered", "human", "bob", f))
+        assert walks_index(lines, "q", UNANSWERED_INDEX), lines
+        assert not any("TEMP B-TREE" in line for line in lines), lines
+        assert not any(line.startswith("SCAN") and "INDEX" not in line for line in lines), lines

@@ -59,6 +59,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "operator decision context", schema_operator.apply_context),
     Migration(12, "forum search rows keyed by thread", schema_forum.apply_search_keys),
     Migration(13, "contentless forum search, partial list indexes", schema_forum.apply_contentless_search),
+    Migration(14, "queue view without list indexes", schema_forum.apply_queue_view_indexes),
 )
 
 

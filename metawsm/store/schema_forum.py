@@ -541,3 +541,27 @@ def apply_contentless_search(db: sqlite_utils.Database) -> None:
         f"CREATE INDEX {ASSIGNED_INDEX} ON forum_thread_views (assignee_name, updated_at, thread_id)"
         " WHERE assignee_name <> ''"
     )
+
+
+# The full list indexes of ``forum_thread_queue_view`` (migration 1) that migration 14 drops.
+QUEUE_VIEW_LIST_INDEXES = (
+    "ix_forum_thread_queue_view_updated_at_thread_id",
+    "ix_forum_thread_queue_view_ticket_updated_at_thread_id",
+    "ix_forum_thread_queue_view_run_id_updated_at_thread_id",
+)
+
+
+def apply_queue_view_indexes(db: sqlite_utils.Database) -> None:
+    """Migration 14: ``forum_thread_queue_view`` keeps only its partial unanswered index.
+
+    The unseen queue filters, pages and orders on ``forum_thread_views`` (its
+    ``(updated_at, thread_id)``, ``(ticket, ...)`` and ``(run_id, ...)`` indexes, the ones the
+    thread list walks) and joins the queue view per row by primary key, so the queue view's own
+    full ``(updated_at, thread_id)``, ``(ticket, updated_at, thread_id)`` and
+    ``(run_id, updated_at, thread_id)`` indexes, copies of those, are dropped (about 240 bytes a
+    thread).  The unanswered queue still walks ``ix_forum_thread_queue_view_unanswered``
+    (migration 13).  A new database gets them from migration 1 and loses them here, so new and
+    upgraded databases end with the same indexes.  The freed pages go to the free list.
+    """
+    for name in QUEUE_VIEW_LIST_INDEXES:
+        db.execute(f"DROP INDEX IF EXISTS {name}")

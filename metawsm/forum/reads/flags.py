@@ -11,8 +11,9 @@ A query over thread rows puts :func:`columns` in its SELECT list and :func:`join
 FROM, and :func:`bind` fills the viewer's parameters.  ``source`` is the alias whose
 ``last_event_sequence`` counts: ``v`` (``forum_thread_views``) or ``q``
 (``forum_thread_queue_view``, with ``v`` joined to it).  The joins add ``r`` (the seen
-marker), ``e`` (the last event) and, for a ``v`` source, ``q``.  Without a viewer both
-columns are NULL and nothing is joined.
+marker), ``e`` (the last event) and, for a ``v`` source, ``q`` (a LEFT JOIN, unless the query
+joins ``q`` itself: ``queue_joined``).  Without a viewer both columns are NULL and nothing is
+joined.
 """
 
 from __future__ import annotations
@@ -46,8 +47,12 @@ def columns(source: str, viewer: Viewer | None) -> str:
     return f"{unseen(source)} AS is_unseen, {UNANSWERED} AS is_unanswered"
 
 
-def joins(source: str, viewer: Viewer | None) -> str:
-    """The joins :func:`columns` reads from (with a leading space), or ``""``."""
+def joins(source: str, viewer: Viewer | None, *, queue_joined: bool = False) -> str:
+    """The joins :func:`columns` reads from (with a leading space), or ``""``.
+
+    ``queue_joined``: the query already joins ``forum_thread_queue_view q`` on
+    ``v.thread_id`` (the unseen queue, driven from ``v``), so it is not joined again.
+    """
     if viewer is None:
         return ""
     sql = (
@@ -55,6 +60,6 @@ def joins(source: str, viewer: Viewer | None) -> str:
         " AND r.viewer_type = :viewer_type AND r.viewer_id = :viewer_id"
         f" LEFT JOIN forum_events e ON e.sequence = {source}.last_event_sequence"
     )
-    if source != "q":
+    if source != "q" and not queue_joined:
         sql += " LEFT JOIN forum_thread_queue_view q ON q.thread_id = v.thread_id"
     return sql

@@ -2,8 +2,19 @@
 
 ``unseen`` holds the threads whose ``is_unseen`` flag is set for the viewer, ``unanswered``
 those whose ``needs_answer`` is (see :mod:`metawsm.forum.reads.flags`).  Closed threads are
-in neither queue.  Queues filter and paginate on ``forum_thread_queue_view`` and return the
-matching ``forum_thread_views`` rows.
+in neither queue, and a thread is in a queue only once both ``forum_thread_views`` and
+``forum_thread_queue_view`` hold it (an inner join).  Both return ``forum_thread_views`` rows.
+
+* ``unseen`` filters, pages and orders on ``forum_thread_views`` (``v``) and walks its
+  ``(updated_at, thread_id)``, ``(ticket, ...)`` or ``(run_id, ...)`` index, as the thread list
+  does; ``q`` is joined per row for ``is_unanswered``.  ``forum_thread_queue_view`` has no
+  full list indexes of its own since migration 14.
+* ``unanswered`` filters, pages and orders on ``forum_thread_queue_view`` (``q``) and walks its
+  partial index ``ix_forum_thread_queue_view_unanswered`` (migration 13): the set is small, so
+  a ticket or run filter just filters that walk.
+
+Both projections stamp ``updated_at`` (and ``state``, ``last_event_sequence``) from the same
+events, so either alias gives the same order and cursors.
 """
 
 from __future__ import annotations
@@ -39,16 +50,25 @@ def queue(
     count = parse_limit(limit, DEFAULT_LIMIT)
     params: dict[str, Any] = {"limit": count + 1}
     flags.bind(viewer, params)
-    where = ["q.state != 'closed'", *parsed.where("q", params), *after_cursor("q", cursor, params)]
-    # "q.needs_answer = 1" verbatim: the condition of the partial index the unanswered queue
-    # walks (ix_forum_thread_queue_view_unanswered, migration 13)
-    where.append(flags.unseen("q") if kind == QueueType.UNSEEN.value else "q.needs_answer = 1")
+    if kind == QueueType.UNSEEN.value:
+        # driven from v and the thread list's indexes, flags as in the list (threads.py); q is
+        # joined per row by its primary key (inner: the thread must be in both projections)
+        source, condition = "v", flags.unseen("v")
+        tables = "forum_thread_views v JOIN forum_thread_queue_view q ON q.thread_id = v.thread_id"
+    else:
+        # "q.needs_answer = 1" verbatim: the condition of the partial index the unanswered queue
+        # walks (ix_forum_thread_queue_view_unanswered, migration 13)
+        source, condition = "q", "q.needs_answer = 1"
+        tables = "forum_thread_queue_view q JOIN forum_thread_views v ON v.thread_id = q.thread_id"
+    where = [
+        f"{source}.state != 'closed'", *parsed.where(source, params), *after_cursor(source, cursor, params),
+        condition,
+    ]
     sql = (
-        f"SELECT v.*, q.updated_at AS cursor_updated_at, q.thread_id AS cursor_thread_id, {flags.columns('q', viewer)}"
-        " FROM forum_thread_queue_view q JOIN forum_thread_views v ON v.thread_id = q.thread_id"
-        f"{flags.joins('q', viewer)}"
+        f"SELECT v.*, {source}.updated_at AS cursor_updated_at, {source}.thread_id AS cursor_thread_id,"
+        f" {flags.columns(source, viewer)} FROM {tables}{flags.joins(source, viewer, queue_joined=True)}"
         f" WHERE {' AND '.join(where)}"
-        " ORDER BY q.updated_at DESC, q.thread_id DESC LIMIT :limit"
+        f" ORDER BY {source}.updated_at DESC, {source}.thread_id DESC LIMIT :limit"
     )
     with snapshot(conn):
         found = rows(conn, sql, params)
