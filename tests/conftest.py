@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,6 +92,17 @@ def tmux_socket() -> Iterator[str]:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "metawsm.db"
+
+
+@pytest.fixture
+def migrated_db(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to a real SQLite file with every migration applied; closed on teardown."""
+    from metawsm.store import migrate, open_connection
+
+    conn = open_connection(db_path)
+    migrate(conn)
+    yield conn
+    conn.close()
 
 
 # -- the daemon -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from metawsm.forum import ledger_retention, marks
 from metawsm.forum.messages import EventMessage
 from metawsm.forum.projections.registry import PROJECTION_NAMES, all_projections
 from metawsm.forum.requests import AnswerRequest, OpenThreadRequest
-from metawsm.store import migrate, open_connection, write_transaction
+from metawsm.store import write_transaction
 from metawsm.waiting import wait_until
 from support.daemon import InProcessDaemon, make_policy
 from support.forum_events import BASE_TIME, ForumEvents, ingest
@@ -106,11 +106,8 @@ def clear_for_rebuild(conn: sqlite3.Connection, name: str) -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Any:
-    conn = open_connection(tmp_path / "metawsm.db")
-    migrate(conn)
-    yield conn
-    conn.close()
+def db(migrated_db: sqlite3.Connection) -> sqlite3.Connection:
+    return migrated_db
 
 
 def test_the_sweep_deletes_the_rows_of_old_events_every_projection_applied(db: sqlite3.Connection) -> None:

@@ -28,7 +28,7 @@ from metawsm.forum import marks, retention
 from metawsm.forum.projections.registry import PROJECTION_NAMES
 from metawsm.forum.requests import AnswerRequest, OpenThreadRequest
 from metawsm.forum.topics import Topics
-from metawsm.store import migrate, open_connection, write_transaction
+from metawsm.store import write_transaction
 from metawsm.waiting import wait_until
 from support.daemon import InProcessDaemon, make_policy
 from test_pipeline_reliability import Writer, assert_exactly_once, check_consistent, connect, scalar
@@ -98,11 +98,8 @@ def remaining(conn: sqlite3.Connection) -> set[int]:
 
 
 @pytest.fixture
-def outbox_db(tmp_path: Path) -> Any:
-    conn = open_connection(tmp_path / "metawsm.db")
-    migrate(conn)
-    yield conn
-    conn.close()
+def outbox_db(migrated_db: sqlite3.Connection) -> sqlite3.Connection:
+    return migrated_db
 
 
 def test_the_sweep_deletes_only_rows_that_are_sent_and_applied(outbox_db: sqlite3.Connection) -> None:
